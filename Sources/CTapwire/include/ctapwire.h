@@ -1,0 +1,181 @@
+// Kernel ABI that Swift cannot import directly: ioctl wrappers (ioctl is variadic),
+// SCM_RIGHTS/CMSG handling, headers Glibc's Swift module leaves out, vhost-user and
+// virtio wire structs with static size checks, and the memory-ordering primitives the
+// virtqueue code needs on guest-shared memory.
+#ifndef CTAPWIRE_H
+#define CTAPWIRE_H
+
+// No _GNU_SOURCE here: it would make these headers disagree with Swift's Glibc module.
+// GNU-only calls (memfd_create, accept4, ...) are wrapped in shim.c instead.
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+
+// ---- TAP --------------------------------------------------------------------------
+
+enum {
+    TW_IFF_TAP = 0x0002,
+    TW_IFF_NO_PI = 0x1000,
+    TW_IFF_VNET_HDR = 0x4000,
+    TW_IFF_MULTI_QUEUE = 0x0100,
+    TW_IFF_ATTACH_QUEUE = 0x0200,
+    TW_IFF_DETACH_QUEUE = 0x0400,
+};
+
+enum {
+    TW_TUN_F_CSUM = 0x01,
+    TW_TUN_F_TSO4 = 0x02,
+    TW_TUN_F_TSO6 = 0x04,
+    TW_TUN_F_TSO_ECN = 0x08,
+    TW_TUN_F_UFO = 0x10,
+    TW_TUN_F_USO4 = 0x20,
+    TW_TUN_F_USO6 = 0x40,
+};
+
+/// TUNSETIFF: creates or attaches to the interface `name` (in/out, IFNAMSIZ bytes).
+int tw_tun_set_iff(int fd, char *name, int flags);
+/// TUNGETFEATURES: the IFF_* flags the kernel supports.
+int tw_tun_get_features(int fd, unsigned int *features);
+int tw_tun_set_offload(int fd, unsigned int flags);
+int tw_tun_set_vnet_hdr_size(int fd, int size);
+int tw_tun_set_queue(int fd, int flags);
+int tw_tun_set_persist(int fd, int persist);
+int tw_tun_set_owner(int fd, uid_t uid);
+int tw_tun_set_group(int fd, gid_t gid);
+/// SIOCGIFFLAGS/SIOCSIFFLAGS on an AF_INET datagram socket: brings `name` up.
+int tw_if_set_up(const char *name, int up);
+/// SIOCGIFMTU; -1 on error.
+int tw_if_get_mtu(const char *name);
+int tw_if_set_mtu(const char *name, int mtu);
+/// SIOCSIFHWADDR.
+int tw_if_set_hwaddr(const char *name, const uint8_t mac[6]);
+int tw_if_get_hwaddr(const char *name, uint8_t mac[6]);
+unsigned int tw_if_nametoindex(const char *name);
+
+// ---- unix sockets with fd passing -------------------------------------------------
+
+enum { TW_MAX_PASSED_FDS = 8 };
+
+/// sendmsg of `len` bytes plus up to TW_MAX_PASSED_FDS descriptors as SCM_RIGHTS.
+ssize_t tw_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+
+/// recvmsg of up to `len` bytes and any SCM_RIGHTS descriptors. Received descriptors are
+/// stored in `fds` (room for TW_MAX_PASSED_FDS) and counted in `*nfds`. If the kernel had
+/// to drop descriptors (more than fit), every descriptor that did arrive is closed,
+/// `*nfds` is 0 and `*truncated` is 1. Descriptors arrive with O_CLOEXEC.
+ssize_t tw_recv_with_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int *truncated);
+
+/// Fills a sockaddr_un; returns its length or -1 when the path does not fit.
+int tw_sockaddr_un(struct sockaddr_un *addr, const char *path);
+
+// ---- small wrappers for variadic or macro-only calls ------------------------------
+
+int tw_fcntl_getfl(int fd);
+int tw_fcntl_setfl(int fd, int flags);
+int tw_memfd_create(const char *name, unsigned int flags);
+int tw_accept_cloexec(int listener);
+/// MFD_CLOEXEC
+enum { TW_MFD_CLOEXEC = 1 };
+int tw_set_pdeathsig(int sig);
+int tw_set_keepcaps(int on);
+
+// ---- memory ordering on guest-shared memory ---------------------------------------
+// The guest writes rings concurrently; these loads/stores are single, untorn accesses
+// with the ordering the virtio spec requires.
+
+static inline uint16_t tw_load_acquire_u16(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline uint16_t tw_load_relaxed_u16(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED);
+}
+static inline void tw_store_release_u16(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
+}
+static inline void tw_store_relaxed_u16(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
+}
+static inline void tw_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void tw_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+static inline void tw_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+
+// ---- wire structs (little-endian host, natural alignment, sizes checked) ----------
+
+/// vhost-user message header.
+typedef struct {
+    uint32_t request;
+    uint32_t flags;
+    uint32_t size;
+} tw_vu_header;
+
+/// One memory region of SET_MEM_TABLE / ADD_MEM_REG / REM_MEM_REG.
+typedef struct {
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+    uint64_t mmap_offset;
+} tw_vu_region;
+
+typedef struct {
+    uint32_t index;
+    uint32_t num;
+} tw_vu_vring_state;
+
+typedef struct {
+    uint32_t index;
+    uint32_t flags;
+    uint64_t descriptor;
+    uint64_t used;
+    uint64_t available;
+    uint64_t log;
+} tw_vu_vring_addr;
+
+typedef struct {
+    uint32_t offset;
+    uint32_t size;
+    uint32_t flags;
+} tw_vu_config_header;
+
+/// Split-ring descriptor as the guest writes it.
+typedef struct {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+} tw_vring_desc;
+
+typedef struct {
+    uint32_t id;
+    uint32_t len;
+} tw_vring_used_elem;
+
+/// virtio-net header with num_buffers (VERSION_1 or MRG_RXBUF layout, 12 bytes).
+typedef struct {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+    uint16_t num_buffers;
+} tw_virtio_net_hdr;
+
+_Static_assert(sizeof(tw_vu_header) == 12, "vhost-user header is 12 bytes");
+_Static_assert(sizeof(tw_vu_region) == 32, "memory region is 32 bytes");
+_Static_assert(sizeof(tw_vu_vring_state) == 8, "vring state is 8 bytes");
+_Static_assert(sizeof(tw_vu_vring_addr) == 40, "vring addr is 40 bytes");
+_Static_assert(sizeof(tw_vu_config_header) == 12, "config header is 12 bytes");
+_Static_assert(sizeof(tw_vring_desc) == 16, "descriptor is 16 bytes");
+_Static_assert(sizeof(tw_vring_used_elem) == 8, "used element is 8 bytes");
+_Static_assert(sizeof(tw_virtio_net_hdr) == 12, "virtio-net header is 12 bytes");
+_Static_assert(offsetof(tw_virtio_net_hdr, num_buffers) == 10, "num_buffers at 10");
+_Static_assert(offsetof(tw_vu_vring_addr, descriptor) == 8, "descriptor address at 8");
+
+#endif

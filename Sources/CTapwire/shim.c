@@ -1,0 +1,166 @@
+#define _GNU_SOURCE
+#include "ctapwire.h"
+#include <fcntl.h>
+#include <unistd.h>
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <linux/if_tun.h>
+#include <linux/sockios.h>
+
+_Static_assert(TW_IFF_TAP == IFF_TAP && TW_IFF_NO_PI == IFF_NO_PI && TW_IFF_VNET_HDR == IFF_VNET_HDR,
+               "TAP flags match the kernel's");
+_Static_assert(TW_IFF_MULTI_QUEUE == IFF_MULTI_QUEUE && TW_IFF_ATTACH_QUEUE == IFF_ATTACH_QUEUE,
+               "multiqueue flags match the kernel's");
+_Static_assert(TW_TUN_F_CSUM == TUN_F_CSUM && TW_TUN_F_TSO4 == TUN_F_TSO4 && TW_TUN_F_TSO6 == TUN_F_TSO6 &&
+               TW_TUN_F_TSO_ECN == TUN_F_TSO_ECN && TW_TUN_F_UFO == TUN_F_UFO, "offload flags match");
+
+int tw_tun_set_iff(int fd, char *name, int flags) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = (short)flags;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) return -1;
+    memcpy(name, ifr.ifr_name, IFNAMSIZ);
+    return 0;
+}
+
+int tw_tun_get_features(int fd, unsigned int *features) { return ioctl(fd, TUNGETFEATURES, features); }
+int tw_tun_set_offload(int fd, unsigned int flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
+int tw_tun_set_vnet_hdr_size(int fd, int size) { return ioctl(fd, TUNSETVNETHDRSZ, &size); }
+int tw_tun_set_persist(int fd, int persist) { return ioctl(fd, TUNSETPERSIST, (unsigned long)persist); }
+int tw_tun_set_owner(int fd, uid_t uid) { return ioctl(fd, TUNSETOWNER, (unsigned long)uid); }
+int tw_tun_set_group(int fd, gid_t gid) { return ioctl(fd, TUNSETGROUP, (unsigned long)gid); }
+
+int tw_tun_set_queue(int fd, int flags) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = (short)flags;
+    return ioctl(fd, TUNSETQUEUE, &ifr);
+}
+
+static int with_ifreq(const char *name, unsigned long request, struct ifreq *ifr) {
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) return -1;
+    strncpy(ifr->ifr_name, name, IFNAMSIZ - 1);
+    int rc = ioctl(sock, request, ifr);
+    int saved = errno;
+    close(sock);
+    errno = saved;
+    return rc;
+}
+
+int tw_if_set_up(const char *name, int up) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (with_ifreq(name, SIOCGIFFLAGS, &ifr) < 0) return -1;
+    if (up) ifr.ifr_flags |= IFF_UP; else ifr.ifr_flags &= ~IFF_UP;
+    return with_ifreq(name, SIOCSIFFLAGS, &ifr);
+}
+
+int tw_if_get_mtu(const char *name) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (with_ifreq(name, SIOCGIFMTU, &ifr) < 0) return -1;
+    return ifr.ifr_mtu;
+}
+
+int tw_if_set_mtu(const char *name, int mtu) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_mtu = mtu;
+    return with_ifreq(name, SIOCSIFMTU, &ifr);
+}
+
+int tw_if_set_hwaddr(const char *name, const uint8_t mac[6]) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+    return with_ifreq(name, SIOCSIFHWADDR, &ifr);
+}
+
+int tw_if_get_hwaddr(const char *name, uint8_t mac[6]) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (with_ifreq(name, SIOCGIFHWADDR, &ifr) < 0) return -1;
+    memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+    return 0;
+}
+
+unsigned int tw_if_nametoindex(const char *name) { return if_nametoindex(name); }
+
+ssize_t tw_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > TW_MAX_PASSED_FDS) { errno = EINVAL; return -1; }
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { char buf[CMSG_SPACE(sizeof(int) * TW_MAX_PASSED_FDS)]; struct cmsghdr align; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t tw_recv_with_fds(int sock, void *buf, size_t len, int *fds, int *nfds, int *truncated) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    union { char buf[CMSG_SPACE(sizeof(int) * TW_MAX_PASSED_FDS)]; struct cmsghdr align; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    *nfds = 0;
+    *truncated = 0;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *data = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, data + i, sizeof fd);
+            if (*nfds < TW_MAX_PASSED_FDS) fds[(*nfds)++] = fd; else { close(fd); *truncated = 1; }
+        }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    if (*truncated) {
+        for (int i = 0; i < *nfds; i++) close(fds[i]);
+        *nfds = 0;
+    }
+    return n;
+}
+
+int tw_sockaddr_un(struct sockaddr_un *addr, const char *path) {
+    size_t len = strlen(path);
+    memset(addr, 0, sizeof *addr);
+    if (len == 0 || len >= sizeof addr->sun_path) { errno = ENAMETOOLONG; return -1; }
+    addr->sun_family = AF_UNIX;
+    memcpy(addr->sun_path, path, len);
+    return (int)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+}
+
+int tw_fcntl_getfl(int fd) { return fcntl(fd, F_GETFL); }
+int tw_fcntl_setfl(int fd, int flags) { return fcntl(fd, F_SETFL, flags); }
+int tw_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+int tw_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
+int tw_set_keepcaps(int on) { return prctl(PR_SET_KEEPCAPS, (unsigned long)on, 0, 0, 0); }
+int tw_accept_cloexec(int listener) { return accept4(listener, NULL, NULL, SOCK_CLOEXEC); }

@@ -1,0 +1,38 @@
+// What the control server needs from the daemon.
+
+/// Implemented by the daemon (hopping onto its event-loop thread to read or change state)
+/// and by fakes in tests. Every call comes from the control server's own thread, never
+/// from a packet thread.
+public protocol ControlBackend: Sendable {
+    /// A consistent view of the VM.
+    func status() async -> VMStatus
+    /// All counters at one instant.
+    func metrics() async -> MetricsSnapshot
+    /// Applies `update` and returns the status with the limits now in force.
+    /// `replace` is true for PUT (both directions fully replaced; anything not given
+    /// becomes unlimited: see `LimitUpdate.applied(to:replace:)`) and false for PATCH
+    /// (only the given fields change). Throw `ControlAPIError` to choose the HTTP status
+    /// and message; any other error becomes a 500.
+    func updateLimits(_ update: LimitUpdate, replace: Bool) async throws -> VMStatus
+}
+
+/// An error with an HTTP status, reported to the client as `{"error": message}`.
+public struct ControlAPIError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The HTTP status code (4xx or 5xx).
+    public var status: Int
+    public var message: String
+
+    public init(status: Int, message: String) {
+        self.status = status
+        self.message = message
+    }
+
+    /// 400: the request was understood but its content is not acceptable.
+    public static func badRequest(_ message: String) -> ControlAPIError { .init(status: 400, message: message) }
+    /// 409: not possible in the current state.
+    public static func conflict(_ message: String) -> ControlAPIError { .init(status: 409, message: message) }
+    /// 503: the daemon cannot answer right now.
+    public static func unavailable(_ message: String) -> ControlAPIError { .init(status: 503, message: message) }
+
+    public var description: String { message }
+}

@@ -1,0 +1,99 @@
+// Human-readable limits for logs and status output, e.g.
+//   "10 Mbit/s, burst 80 KiB"
+//   "1.5 Gbit/s, burst 1.17 MB, one-time burst 1 MiB"
+//   "1000 frames/s, burst 8 frames"
+// Rates are shown in decimal bit units (rounded to 3 decimals). Sizes are shown
+// exactly in binary units when they are a whole number of them, else exactly in
+// decimal units when that takes at most 3 decimals, else in binary units rounded to
+// 2 decimals.
+
+public enum LimitFormatter {
+    /// "100 Mbit/s, burst 64 KiB[, one-time burst 1 MiB]", or "unlimited".
+    public static func bandwidth(_ config: BucketConfig) -> String {
+        guard config.isEnabled else { return "unlimited" }
+        // bits/s = size * 8e9 / refill.
+        let rate = scaled(num: UInt128(config.size) * 8_000_000_000,
+                          den: UInt128(config.refillTimeNanoseconds),
+                          units: [(1, "bit/s"), (1_000, "kbit/s"), (1_000_000, "Mbit/s"),
+                                  (1_000_000_000, "Gbit/s"), (1_000_000_000_000, "Tbit/s")])
+        var text = "\(rate), burst \(bytes(config.size))"
+        if config.oneTimeBurst > 0 { text += ", one-time burst \(bytes(config.oneTimeBurst))" }
+        return text
+    }
+
+    /// "1000 frames/s, burst 8 frames[, one-time burst 100 frames]", or "unlimited".
+    public static func ops(_ config: BucketConfig) -> String {
+        guard config.isEnabled else { return "unlimited" }
+        let rate = scaled(num: UInt128(config.size) * 1_000_000_000,
+                          den: UInt128(config.refillTimeNanoseconds), units: [(1, "frames/s")])
+        var text = "\(rate), burst \(config.size) frames"
+        if config.oneTimeBurst > 0 { text += ", one-time burst \(config.oneTimeBurst) frames" }
+        return text
+    }
+
+    /// "bandwidth 100 Mbit/s, burst 64 KiB; ops 1000 frames/s, burst 8 frames", or "unlimited".
+    public static func direction(_ limits: DirectionLimits) -> String {
+        var parts: [String] = []
+        if let b = limits.bandwidth, b.isEnabled { parts.append("bandwidth " + bandwidth(b)) }
+        if let o = limits.ops, o.isEnabled { parts.append("ops " + ops(o)) }
+        return parts.isEmpty ? "unlimited" : parts.joined(separator: "; ")
+    }
+
+    /// "tx: ...; rx: ..." on one line (with " | " between directions).
+    public static func limits(_ limits: RateLimits) -> String {
+        "tx: \(direction(limits.tx)) | rx: \(direction(limits.rx))"
+    }
+
+    /// A byte count: "80 KiB", "1.25 MB", "1500 B", "1.17 MiB".
+    public static func bytes(_ n: UInt64) -> String {
+        let binary: [(UInt128, String)] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+        let decimal: [(UInt128, String)] = [(1_000_000_000_000, "TB"), (1_000_000_000, "GB"), (1_000_000, "MB"), (1_000, "KB")]
+        let v = UInt128(n)
+        if let u = binary.first(where: { v >= $0.0 }), v % u.0 == 0 {
+            return "\(v / u.0) \(u.1)"
+        }
+        if let u = decimal.first(where: { v >= $0.0 }), v % (u.0 / 1000) == 0 {
+            return "\(fixed(thousandths: v / (u.0 / 1000))) \(u.1)"
+        }
+        if let u = binary.first(where: { v >= $0.0 }) {
+            let hundredths = (v * 100 + u.0 / 2) / u.0
+            return "\(fixed(thousandths: hundredths * 10)) \(u.1)"
+        }
+        return "\(n) B"
+    }
+
+    /// num/den in the largest unit not exceeding it, rounded to 3 decimals, trailing zeros dropped.
+    static func scaled(num: UInt128, den: UInt128, units: [(UInt128, String)]) -> String {
+        var index = 0
+        while index + 1 < units.count, num >= den * units[index + 1].0 { index += 1 }
+        var thousandths = (num * 1000 + den * units[index].0 / 2) / (den * units[index].0)
+        // Rounding up to 1000.000 of a unit: show 1 of the next unit instead.
+        if thousandths >= 1_000_000, index + 1 < units.count, units[index + 1].0 == units[index].0 * 1000 {
+            index += 1
+            thousandths /= 1000
+        }
+        return "\(fixed(thousandths: thousandths)) \(units[index].1)"
+    }
+
+    /// thousandths/1000 with trailing zeros dropped: 1500 -> "1.5", 2000 -> "2".
+    static func fixed(thousandths: UInt128) -> String {
+        let whole = thousandths / 1000
+        let fraction = thousandths % 1000
+        if fraction == 0 { return "\(whole)" }
+        var digits = String(fraction)
+        while digits.count < 3 { digits = "0" + digits }
+        while digits.last == "0" { digits.removeLast() }
+        return "\(whole).\(digits)"
+    }
+}
+
+extension BucketConfig: CustomStringConvertible {
+    /// Size, refill time and one-time burst in raw units.
+    public var description: String {
+        "size \(size), refill \(refillTimeNanoseconds) ns, one-time burst \(oneTimeBurst)"
+    }
+}
+
+extension DirectionLimits: CustomStringConvertible {
+    public var description: String { LimitFormatter.direction(self) }
+}

@@ -1,0 +1,66 @@
+import Glibc
+import CTapwire
+
+/// Scatter/gather I/O for the packet path: no allocation, no error objects; results are a
+/// byte count or `-errno`.
+public enum VectorIO {
+    @inline(__always)
+    public static func readv(_ fd: Int32, _ vectors: UnsafePointer<iovec>, count: Int) -> Int {
+        resultOrNegativeErrno { Glibc.readv(fd, vectors, Int32(count)) }
+    }
+
+    @inline(__always)
+    public static func writev(_ fd: Int32, _ vectors: UnsafePointer<iovec>, count: Int) -> Int {
+        resultOrNegativeErrno { Glibc.writev(fd, vectors, Int32(count)) }
+    }
+
+    @inline(__always)
+    public static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Int {
+        resultOrNegativeErrno { Glibc.read(fd, buffer, count) }
+    }
+
+    @inline(__always)
+    public static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, count: Int) -> Int {
+        resultOrNegativeErrno { Glibc.write(fd, buffer, count) }
+    }
+}
+
+/// Largest iovec count one readv/writev takes.
+public let maxIOVectors = Int(UIO_MAXIOV)
+
+/// A shared mapping of a file (guest memory), unmapped when released.
+public final class MemoryMapping: @unchecked Sendable {
+    // @unchecked Sendable: immutable after init; the bytes are shared with the guest by design.
+    public let base: UnsafeMutableRawPointer
+    public let length: Int
+
+    public init(descriptor: Int32, length: Int, offset: Int = 0, writable: Bool = true) throws(SystemError) {
+        guard length > 0 else { throw SystemError("mmap (zero length)", errno: EINVAL) }
+        let prot = PROT_READ | (writable ? PROT_WRITE : 0)
+        let pointer = mmap(nil, length, prot, MAP_SHARED, descriptor, off_t(offset))
+        guard let pointer, pointer != MAP_FAILED else { throw SystemError("mmap", errno: Glibc.errno) }
+        base = pointer
+        self.length = length
+    }
+
+    /// An anonymous private mapping (test helpers and scratch space).
+    public init(anonymousLength length: Int) throws(SystemError) {
+        let pointer = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let pointer, pointer != MAP_FAILED else { throw SystemError("mmap", errno: Glibc.errno) }
+        base = pointer
+        self.length = length
+    }
+
+    deinit {
+        munmap(base, length)
+    }
+}
+
+public enum MemFD {
+    /// A sealed-size anonymous file of `size` bytes, as a frontend uses for guest RAM.
+    public static func make(name: String, size: Int) throws(SystemError) -> Descriptor {
+        let fd = Descriptor(taking: try retryingInterrupts("memfd_create") { tw_memfd_create(name, UInt32(TW_MFD_CLOEXEC)) })
+        _ = try retryingInterrupts("ftruncate") { ftruncate(fd.raw, off_t(size)) }
+        return fd
+    }
+}

@@ -1,0 +1,136 @@
+import Glibc
+import CTapwire
+import SystemCalls
+
+/// A host TAP interface opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, one descriptor per
+/// queue (IFF_MULTI_QUEUE when more than one). Creating the interface needs CAP_NET_ADMIN;
+/// attaching to a persistent TAP owned by our user does not.
+public final class Tap: @unchecked Sendable {
+    // @unchecked Sendable: the queue descriptors are handed to one queue thread each.
+    public let name: String
+    public let queues: [Descriptor]
+    public private(set) var vnetHeaderSize: Int
+    public private(set) var offloadFlags: UInt32 = 0
+
+    public enum OpenError: Error, CustomStringConvertible, Sendable {
+        case noTunDevice(SystemError)
+        case setIFF(name: String, SystemError)
+        case configure(String, SystemError)
+        case badName(String)
+
+        public var description: String {
+            switch self {
+            case .noTunDevice(let e): return "cannot open /dev/net/tun (\(e)); is the tun module loaded?"
+            case .setIFF(let name, let e):
+                let hint = e.errno == EPERM
+                    ? " (creating a TAP needs CAP_NET_ADMIN; or create it once with `ip tuntap add dev \(name) mode tap vnet_hdr user USER` and run as USER)"
+                    : e.errno == EINVAL ? " (does \(name) exist with other flags, e.g. without vnet_hdr or multi_queue?)" : ""
+                return "TUNSETIFF \(name): \(e)\(hint)"
+            case .configure(let what, let e): return "\(what): \(e)"
+            case .badName(let name): return "TAP name '\(name)' must be 1 to 15 characters"
+            }
+        }
+    }
+
+    /// Opens (creating if needed) `name` with `queueCount` queues.
+    public init(name: String, queueCount: Int = 1, vnetHeaderSize: Int = 12) throws(OpenError) {
+        guard !name.isEmpty, name.utf8.count < 16 else { throw .badName(name) }
+        var flags = TW_IFF_TAP | TW_IFF_NO_PI | TW_IFF_VNET_HDR
+        if queueCount > 1 { flags |= TW_IFF_MULTI_QUEUE }
+        var opened = [Descriptor]()
+        var actualName = name
+        for _ in 0..<max(queueCount, 1) {
+            let fd: Int32
+            do { fd = try retryingInterrupts("open /dev/net/tun") { open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK) } }
+            catch { throw .noTunDevice(error) }
+            let descriptor = Descriptor(taking: fd)
+            var nameBuffer = [CChar](repeating: 0, count: 16)
+            for (i, byte) in actualName.utf8.enumerated() { nameBuffer[i] = CChar(bitPattern: byte) }
+            if tw_tun_set_iff(fd, &nameBuffer, Int32(flags)) < 0 {
+                throw .setIFF(name: actualName, SystemError("TUNSETIFF", errno: Glibc.errno))
+            }
+            actualName = String(cString: nameBuffer)
+            opened.append(descriptor)
+        }
+        self.name = actualName
+        self.queues = opened
+        self.vnetHeaderSize = vnetHeaderSize
+        try setVnetHeaderSize(vnetHeaderSize)
+    }
+
+    public func setVnetHeaderSize(_ size: Int) throws(OpenError) {
+        for queue in queues where tw_tun_set_vnet_hdr_size(queue.raw, Int32(size)) < 0 {
+            throw .configure("TUNSETVNETHDRSZ \(size) on \(name)", SystemError("ioctl", errno: Glibc.errno))
+        }
+        vnetHeaderSize = size
+    }
+
+    /// Tells the kernel which offloads the reader (the guest) accepts. EINVAL means the kernel
+    /// lacks one of them.
+    public func setOffload(_ flags: UInt32) throws(SystemError) {
+        for queue in queues where tw_tun_set_offload(queue.raw, flags) < 0 {
+            throw SystemError("TUNSETOFFLOAD 0x\(String(flags, radix: 16)) on \(name)", errno: Glibc.errno)
+        }
+        offloadFlags = flags
+    }
+
+    /// The TUN_F_* flags this kernel accepts, found by trying them in the groups the kernel
+    /// insists on (TSO/UFO/USO only with CSUM; USO4 only with USO6). Leaves offloads off.
+    public func probeOffloads() -> UInt32 {
+        let fd = queues[0].raw
+        let csum = UInt32(TW_TUN_F_CSUM)
+        var supported: UInt32 = 0
+        if tw_tun_set_offload(fd, csum) == 0 { supported |= csum }
+        if supported != 0 {
+            let groups: [UInt32] = [UInt32(TW_TUN_F_TSO4), UInt32(TW_TUN_F_TSO6),
+                                    UInt32(TW_TUN_F_TSO4 | TW_TUN_F_TSO6 | TW_TUN_F_TSO_ECN), UInt32(TW_TUN_F_UFO),
+                                    UInt32(TW_TUN_F_USO4 | TW_TUN_F_USO6)]
+            for group in groups where tw_tun_set_offload(fd, csum | group) == 0 { supported |= group }
+        }
+        _ = tw_tun_set_offload(fd, offloadFlags)
+        return supported
+    }
+
+    public func setUp() throws(SystemError) {
+        if tw_if_set_up(name, 1) < 0 { throw SystemError("bring \(name) up", errno: Glibc.errno) }
+    }
+
+    public var mtu: Int { Int(tw_if_get_mtu(name)) }
+
+    public func setMTU(_ mtu: Int) throws(SystemError) {
+        if tw_if_set_mtu(name, Int32(mtu)) < 0 { throw SystemError("set MTU \(mtu) on \(name)", errno: Glibc.errno) }
+    }
+
+    /// Enables or disables one queue of a multiqueue TAP (TUNSETQUEUE).
+    public func setQueueEnabled(_ index: Int, _ enabled: Bool) throws(SystemError) {
+        guard queues.count > 1 else { return }
+        let flags = enabled ? TW_IFF_ATTACH_QUEUE : TW_IFF_DETACH_QUEUE
+        if tw_tun_set_queue(queues[index].raw, Int32(flags)) < 0 {
+            throw SystemError("TUNSETQUEUE \(enabled ? "attach" : "detach") \(index) on \(name)", errno: Glibc.errno)
+        }
+    }
+
+    /// Reads and discards what is queued (frames that arrived while no guest was attached).
+    public func drain(queue index: Int) -> Int {
+        var scratch = [UInt8](repeating: 0, count: 65550 + 64)
+        var count = 0
+        while count < 4096 {
+            let n = scratch.withUnsafeMutableBytes { VectorIO.read(queues[index].raw, $0.baseAddress!, count: $0.count) }
+            if n <= 0 { break }
+            count += 1
+        }
+        return count
+    }
+}
+
+/// Reads an interface counter from sysfs (e.g. "rx_bytes"), for tests and tools.
+public func interfaceStatistic(_ interface: String, _ counter: String) -> UInt64? {
+    let fd = open("/sys/class/net/\(interface)/statistics/\(counter)", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 32)
+    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    guard n > 0 else { return nil }
+    let text = String(decoding: buffer[0..<n], as: UTF8.self).filter { $0.isNumber }
+    return UInt64(text)
+}

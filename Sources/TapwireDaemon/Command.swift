@@ -1,0 +1,170 @@
+import Glibc
+import ArgumentParser
+import Logging
+import SystemCalls
+import TapDevice
+import VirtioNet
+import RateLimiter
+
+/// `tapwire`: one vhost-user net backend per VM. Follows the "Backend program conventions" of
+/// QEMU's vhost-user spec: --socket-path, --fd, --print-capabilities, no daemonizing.
+public struct TapwireCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "tapwire",
+        abstract: "A vhost-user virtio-net backend that moves a VM's frames to a host TAP device.",
+        discussion: """
+        Example:
+          tapwire --socket-path /run/tapwire/vm1.sock --tap vm1tap
+          qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \\
+            -chardev socket,id=c0,path=/run/tapwire/vm1.sock -netdev vhost-user,id=n0,chardev=c0 \\
+            -device virtio-net-pci,netdev=n0
+        Every option can also come from --config FILE (JSON: {"tap": "vm1tap", "tx-bandwidth": "100Mbit"});
+        options on the command line win.
+        """)
+
+    public init() {}
+
+    @Option(name: .long, help: "Listen for the frontend on this unix socket path (or, with --client, connect to it).")
+    var socketPath: String?
+
+    @Option(name: .long, help: "Use an inherited, already listening unix socket.")
+    var fd: Int32?
+
+    @Flag(name: .long, help: "Connect to a socket the frontend listens on (QEMU server=on), retrying with back-off.")
+    var client = false
+
+    @Flag(name: .long, help: "Print the backend's capabilities as JSON and exit.")
+    var printCapabilities = false
+
+    @Option(name: .long, help: "TAP interface to create or attach to (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).")
+    var tap: String?
+
+    @Flag(name: .long, help: "Consume and drop guest transmit without a TAP (measures the ring core alone).")
+    var sink = false
+
+    @Option(name: .long, help: "Queue pairs to offer (VIRTIO_NET_F_MQ when > 1; one TAP queue each).")
+    var queues: Int = 1
+
+    @Option(name: .long, help: "Offloads to offer: auto (all the TAP supports), none, or a list such as csum,tso4,tso6,guest-csum,guest-tso4,guest-tso6,mrg-rxbuf.")
+    var offloads: String = "auto"
+
+    @Option(name: .long, help: "MAC address offered in the device config (VIRTIO_NET_F_MAC), e.g. 52:54:00:12:34:56.")
+    var mac: String?
+
+    @Option(name: .long, help: "MTU offered to the guest (VIRTIO_NET_F_MTU); also set on the TAP.")
+    var mtu: Int?
+
+    @Option(name: .long, help: "Guest transmit bandwidth: RATE[,burst=SIZE][,one-time-burst=SIZE], e.g. 100Mbit.")
+    var txBandwidth: String?
+    @Option(name: .long, help: "Guest receive bandwidth, same form as --tx-bandwidth.")
+    var rxBandwidth: String?
+    @Option(name: .long, help: "Guest transmit frames per second: N[,burst=N][,one-time-burst=N].")
+    var txOps: String?
+    @Option(name: .long, help: "Guest receive frames per second, same form as --tx-ops.")
+    var rxOps: String?
+
+    @Option(name: .long, help: "Serve the control API (HTTP/1.1, JSON) on this unix socket.")
+    var apiSocket: String?
+
+    @Option(name: .long, help: "Name of this VM in log lines and the API.")
+    var name: String = "vm"
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    @Option(name: .long, help: "After start-up switch to USER[:GROUP] (capabilities are dropped either way).")
+    var user: String?
+
+    @Flag(name: .long, help: "Keep capabilities (for debugging only).")
+    var keepCapabilities = false
+
+    @Option(name: .long, help: "Read options from a JSON file; command-line options override it.")
+    var config: String?
+
+    public mutating func validate() throws {
+        let endpoints = [socketPath != nil, fd != nil].filter { $0 }.count
+        if !printCapabilities {
+            guard endpoints == 1 else { throw ValidationError("give exactly one of --socket-path PATH or --fd N") }
+            guard tap != nil || sink else { throw ValidationError("give --tap NAME (or --sink to drop guest transmit)") }
+        }
+        if client && socketPath == nil { throw ValidationError("--client needs --socket-path (the frontend's socket)") }
+        guard (1...128).contains(queues) else { throw ValidationError("--queues must be between 1 and 128, not \(queues)") }
+        if let mtu, !(68...65535).contains(mtu) { throw ValidationError("--mtu must be between 68 and 65535, not \(mtu)") }
+        if let mac, parseMAC(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
+        if case .failure(let error) = Offload.parse(offloads) { throw ValidationError("\(error)") }
+        if Logger.Level(rawValue: logLevel.lowercased()) == nil {
+            throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
+        }
+        _ = try limits()
+    }
+
+    func limits() throws -> (tx: DirectionLimits, rx: DirectionLimits) {
+        func parse(_ text: String?, flag: String, ops: Bool) throws -> BucketConfig? {
+            guard let text else { return nil }
+            do {
+                return ops ? try LimitParser.ops(text, flag: flag) : try LimitParser.bandwidth(text, flag: flag)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        let tx = DirectionLimits(bandwidth: try parse(txBandwidth, flag: "--tx-bandwidth", ops: false),
+                                 ops: try parse(txOps, flag: "--tx-ops", ops: true))
+        let rx = DirectionLimits(bandwidth: try parse(rxBandwidth, flag: "--rx-bandwidth", ops: false),
+                                 ops: try parse(rxOps, flag: "--rx-ops", ops: true))
+        return (tx, rx)
+    }
+
+    public func run() throws {
+        if printCapabilities {
+            print(Self.capabilitiesJSON)
+            return
+        }
+        let level = Logger.Level(rawValue: logLevel.lowercased()) ?? .info
+        let vmName = name
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "tapwire[\(vmName)]")
+        logger.logLevel = level
+        do {
+            try Daemon(command: self, logger: logger).run()
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode.failure
+        }
+    }
+
+    static let capabilitiesJSON = """
+    {
+      "type": "net",
+      "features": ["offloads", "mergeable-rx-buffers", "multiqueue", "rate-limiting", "reconnect", "client-mode", "control-api"]
+    }
+    """
+
+    var frontendEndpoint: FrontendEndpoint {
+        if let fd { return .inheritedListener(fd: fd) }
+        return client ? .connect(path: socketPath!) : .listen(path: socketPath!)
+    }
+
+    var deviceConfig: NetDeviceConfig {
+        get throws {
+            let (tx, rx) = try limits()
+            let offered: Offload?
+            switch Offload.parse(offloads) {
+            case .success(let o): offered = o
+            case .failure(let e): throw ValidationError("\(e)")
+            }
+            return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(parseMAC), mtu: mtu,
+                                   txLimits: tx, rxLimits: rx)
+        }
+    }
+}
+
+func parseMAC(_ text: String) -> [UInt8]? {
+    let parts = text.split(separator: ":")
+    guard parts.count == 6 else { return nil }
+    let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+    return bytes.count == 6 ? bytes : nil
+}

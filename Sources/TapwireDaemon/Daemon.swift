@@ -1,0 +1,41 @@
+import Glibc
+import Logging
+import SystemCalls
+import TapDevice
+import VirtioNet
+
+/// Start-up order matters: open everything that needs privileges (TAP, sockets), then drop
+/// every capability, then serve.
+struct Daemon {
+    let command: TapwireCommand
+    let logger: Logger
+
+    func run() throws {
+        let config = try command.deviceConfig
+        var tap: Tap?
+        if !command.sink, let name = command.tap {
+            let opened = try Tap(name: name, queueCount: config.queuePairs)
+            if let mtu = config.mtu { try opened.setMTU(mtu) }
+            do { try opened.setUp() } catch { logger.warning("\(error) (bring it up yourself)") }
+            logger.info("TAP \(opened.name) ready with \(opened.queues.count) queue(s)")
+            tap = opened
+        } else {
+            logger.info("sink mode: guest transmit is dropped, nothing is received")
+        }
+        let device = NetDevice(config: config, tap: tap, logger: logger, now: monotonicNanoseconds())
+        logger.info("offering offloads: \(device.availableOffloads.names.joined(separator: ","))")
+        let loop = try BackendLoop(device: device, endpoint: command.frontendEndpoint, logger: logger)
+        loop.socketPathForStatus = command.socketPath
+        try loop.handleTerminationSignals()
+        try loop.prepare()
+        let control = try ControlPlane.start(command: command, loop: loop, logger: logger)
+        if !command.keepCapabilities {
+            let identity = try command.user.map { spec throws(PrivilegeError) in try Privileges.resolve(spec) }
+            try Privileges.dropAll(switchingTo: identity)
+            logger.info("capabilities dropped (CapEff \(Privileges.effectiveCapabilities()))\(command.user.map { ", running as \($0)" } ?? "")")
+        }
+        try loop.run()
+        control?.stop()
+        logger.info("stopped")
+    }
+}

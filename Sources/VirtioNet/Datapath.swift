@@ -1,0 +1,263 @@
+import Glibc
+import CTapwire
+import SystemCalls
+import Virtqueue
+import RateLimiter
+
+/// What a service call leaves behind, so the loop knows when to come back.
+public enum ServiceOutcome: Equatable, Sendable {
+    /// Nothing more to do until the next event.
+    case idle
+    /// The budget ran out with work left; service again after other queues.
+    case moreWork
+    /// The rate limiter refused; come back after this many nanoseconds.
+    case throttled(nanoseconds: UInt64)
+    /// Receive only: the guest posted no (or too few) buffers; wait for its kick.
+    case needBuffers
+}
+
+/// Largest chain a transmit may describe: a 64 KiB GSO frame plus headers.
+let maxTransmitChainBytes: UInt64 = 65536 + 256
+
+extension NetDevice {
+    /// Drains the guest's transmit ring into the TAP: one writev per chain, iovecs straight
+    /// into guest memory, used index published and the guest signalled once per batch.
+    public func serviceTransmit(pair: Int, now: UInt64) -> ServiceOutcome {
+        let queue = queues[2 * pair + 1]
+        guard let ring = queue.ring, queue.fault == nil else { return .idle }
+        let tapFD = tap?.queues[pair].raw ?? -1
+        let vectors = queue.vectors
+        let headerSize = self.headerSize
+        let features = ackedFeatures
+        var outcome = ServiceOutcome.idle
+        var frames = 0
+        var header = tw_virtio_net_hdr()
+        do {
+            while true {
+                if frames >= config.batchBudget { outcome = .moreWork; break }
+                vectors.removeAll()
+                guard let chain = try ring.popChain(into: vectors, writable: false, maxBytes: maxTransmitChainBytes) else {
+                    if try ring.enableKicks() { continue }
+                    break
+                }
+                frames += 1
+                if let fault = chain.fault {
+                    noteBadChain(queue, fault)
+                    ring.addUsed(head: chain.head, length: 0)
+                    continue
+                }
+                guard queue.enabled else {
+                    queue.stats.drop(.queueDisabled)
+                    ring.addUsed(head: chain.head, length: 0)
+                    continue
+                }
+                let frameBytes = Int(chain.bytes) - headerSize
+                guard frameBytes >= 0 else {
+                    queue.stats.drop(.badHeader)
+                    ring.addUsed(head: chain.head, length: 0)
+                    continue
+                }
+                if !queue.limiter.isUnlimited {
+                    if case .throttled(let wait) = queue.limiter.admit(bytes: UInt64(frameBytes), now: now) {
+                        // Shaped, not dropped: the chain goes back to the ring until tokens exist.
+                        ring.undoPop()
+                        frames -= 1
+                        noteThrottled(queue, now: now)
+                        outcome = .throttled(nanoseconds: wait)
+                        break
+                    }
+                }
+                withUnsafeMutableBytes(of: &header) { _ = vectors.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<headerSize])) }
+                if let problem = NetHeader.validateTransmit(header, frameLength: frameBytes, features: features) {
+                    queue.stats.drop(.badHeader)
+                    noteBadHeader(queue, problem)
+                    ring.addUsed(head: chain.head, length: 0)
+                    continue
+                }
+                if tapFD >= 0 {
+                    let written = VectorIO.writev(tapFD, vectors.vectors, count: vectors.count)
+                    if written < 0 {
+                        if written == -Int(EAGAIN) {
+                            ring.undoPop()
+                            frames -= 1
+                            outcome = .moreWork
+                            break
+                        }
+                        queue.stats.drop(.tapError)
+                        noteTapError(queue, Int32(-written))
+                        ring.addUsed(head: chain.head, length: 0)
+                        continue
+                    }
+                }
+                ring.addUsed(head: chain.head, length: 0)
+                queue.stats.frames &+= 1
+                queue.stats.bytes &+= UInt64(frameBytes)
+            }
+        } catch {
+            failQueue(queue, "\(error)")
+            return .idle
+        }
+        ring.updateAvailEvent()
+        queue.signalGuest()
+        if outcome != .idle { endThrottleIfNeeded(queue, now: now, throttled: outcome) }
+        return outcome
+    }
+
+    /// Moves frames from the TAP into the guest's receive ring: one readv per frame straight
+    /// into the guest's buffers; with MRG_RXBUF a frame spans as many chains as it needs and
+    /// num_buffers says how many.
+    public func serviceReceive(pair: Int, now: UInt64) -> ServiceOutcome {
+        let queue = queues[2 * pair]
+        guard let ring = queue.ring, queue.fault == nil, queue.enabled, let tap else { return .idle }
+        let tapFD = tap.queues[pair].raw
+        let vectors = queue.vectors
+        let pending = queue.pending
+        let mergeable = mergeableRxBuffers
+        let needed = UInt64(mergeable ? rxFrameCapacityNeeded : headerSize + 1)
+        let writesNumBuffers = headerSize == 12
+        var pendingCount = 0
+        var pendingStart = 0
+        var capacity: UInt64 = 0
+        var frames = 0
+        var outcome = ServiceOutcome.idle
+        vectors.removeAll()
+        do {
+            while true {
+                if frames >= config.batchBudget { outcome = .moreWork; break }
+                if !queue.limiter.isUnlimited, case let wait = queue.limiter.nanosecondsUntilAdmissible(bytes: 1, now: now), wait > 0 {
+                    // In debt from earlier frames: stop reading; the kernel queues meanwhile.
+                    noteThrottled(queue, now: now)
+                    outcome = .throttled(nanoseconds: wait)
+                    break
+                }
+                // Gather chains until the largest frame the TAP can hand over fits.
+                if pendingStart > 0 && pendingStart == pendingCount {
+                    pendingStart = 0
+                    pendingCount = 0
+                    vectors.removeAll()
+                }
+                while capacity < needed {
+                    if pendingCount == 1024 || vectors.count >= vectors.capacity - 64 { break }
+                    guard let chain = try ring.popChain(into: vectors, writable: true, maxBytes: UInt64(UInt32.max)) else { break }
+                    popSequence &+= 1
+                    if let fault = chain.fault {
+                        noteBadChain(queue, fault)
+                        ring.addUsed(head: chain.head, length: 0)
+                        continue
+                    }
+                    pending[pendingCount] = PendingChain(head: chain.head, capacity: UInt32(chain.bytes), firstVector: chain.firstVector,
+                                                         vectorCount: vectors.count - chain.firstVector, popSequence: popSequence)
+                    pendingCount += 1
+                    capacity += chain.bytes
+                    if !mergeable { break }
+                }
+                if capacity < needed || pendingStart == pendingCount {
+                    outcome = .needBuffers
+                    break
+                }
+                let first = pending[pendingStart]
+                let n = VectorIO.readv(tapFD, vectors.vectors + first.firstVector, count: min(vectors.count - first.firstVector, maxIOVectors))
+                if n < 0 {
+                    if n != -Int(EAGAIN) {
+                        queue.stats.drop(.tapError)
+                        noteTapError(queue, Int32(-n))
+                    }
+                    break
+                }
+                frames += 1
+                // Fill chains in order; the first chain's header learns how many were used.
+                var remaining = UInt64(n)
+                var used = 0
+                repeat {
+                    let chain = pending[pendingStart + used]
+                    let length = min(remaining, UInt64(chain.capacity))
+                    ring.addUsed(head: chain.head, length: UInt32(length))
+                    capacity -= UInt64(chain.capacity)
+                    remaining -= length
+                    used += 1
+                } while remaining > 0 && pendingStart + used < pendingCount
+                if writesNumBuffers {
+                    var count = UInt16(used)
+                    withUnsafeBytes(of: &count) { vectors.write($0, at: 10, startingAt: first.firstVector) }
+                }
+                pendingStart += used
+                if n < headerSize {
+                    queue.stats.drop(.truncated)
+                    continue
+                }
+                queue.stats.frames &+= 1
+                queue.stats.bytes &+= UInt64(n - headerSize)
+                if !queue.limiter.isUnlimited { _ = queue.limiter.admit(bytes: UInt64(n - headerSize), now: now) }
+            }
+        } catch {
+            failQueue(queue, "\(error)")
+            return .idle
+        }
+        // Chains taken but not filled go back: undone if they were the last ones taken,
+        // otherwise (a refused chain came after them) returned empty.
+        let unused = pendingCount - pendingStart
+        if unused > 0 {
+            let firstUnused = pending[pendingStart]
+            if popSequence - firstUnused.popSequence + 1 == UInt64(unused) {
+                ring.undoPop(UInt16(unused))
+            } else {
+                for i in pendingStart..<pendingCount { ring.addUsed(head: pending[i].head, length: 0) }
+            }
+        }
+        vectors.removeAll()
+        if outcome == .needBuffers {
+            // Ask for a kick when buffers arrive, unless some already did.
+            if (try? ring.enableKicks()) == true && frames < config.batchBudget { outcome = .moreWork }
+        } else {
+            ring.updateAvailEvent()
+        }
+        queue.signalGuest()
+        endThrottleIfNeeded(queue, now: now, throttled: outcome)
+        return outcome
+    }
+
+    /// Sink mode: consume and drop guest transmit without a TAP (measures the ring core alone).
+    public var isSink: Bool { tap == nil }
+
+    // MARK: - Accounting and rate-limited logging
+
+    @inline(__always)
+    func noteThrottled(_ queue: QueueState, now: UInt64) {
+        if queue.throttledSince == 0 {
+            queue.throttledSince = now
+            queue.stats.throttledEvents &+= 1
+        }
+    }
+
+    @inline(__always)
+    func endThrottleIfNeeded(_ queue: QueueState, now: UInt64, throttled outcome: ServiceOutcome) {
+        if case .throttled = outcome { return }
+        if queue.throttledSince != 0 {
+            queue.stats.throttledNanoseconds &+= now &- queue.throttledSince
+            queue.throttledSince = 0
+        }
+    }
+
+    func noteBadChain(_ queue: QueueState, _ fault: ChainFault) {
+        queue.stats.drop(.badChain)
+        let count = queue.stats.dropBadChain
+        // Log the first and then every power of two, so a flood cannot flood the log.
+        if count & (count - 1) == 0 {
+            logger.warning("queue \(queue.index): refused a descriptor chain: \(fault) (\(count) so far)")
+        }
+    }
+
+    func noteBadHeader(_ queue: QueueState, _ problem: NetHeader.Problem) {
+        let count = queue.stats.dropBadHeader
+        if count & (count - 1) == 0 {
+            logger.warning("queue \(queue.index): dropped a frame with an inconsistent virtio-net header: \(problem.rawValue) (\(count) so far)")
+        }
+    }
+
+    func noteTapError(_ queue: QueueState, _ code: Int32) {
+        let count = queue.stats.dropTapError
+        if count & (count - 1) == 0 {
+            logger.warning("queue \(queue.index): TAP \(queue.isReceive ? "read" : "write") failed: \(String(cString: strerror(code))) (\(count) so far)")
+        }
+    }
+}

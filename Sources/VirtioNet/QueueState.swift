@@ -1,0 +1,139 @@
+import CTapwire
+import SystemCalls
+import Virtqueue
+import RateLimiter
+import VhostUser
+
+/// Why a frame was dropped, for counters and metrics. A fixed set so counting never allocates.
+public enum DropReason: Int, CaseIterable, Sendable {
+    case badChain, badHeader, tapError, queueDisabled, truncated, noGuest
+
+    public var label: String {
+        switch self {
+        case .badChain: return "bad_chain"
+        case .badHeader: return "bad_header"
+        case .tapError: return "tap_error"
+        case .queueDisabled: return "queue_disabled"
+        case .truncated: return "truncated"
+        case .noGuest: return "no_guest"
+        }
+    }
+}
+
+/// Counters of one virtqueue. Plain integers: only the queue's thread writes them; readers get
+/// a copy through the loop.
+public struct QueueStats: Sendable, Equatable, Codable {
+    public var frames: UInt64 = 0
+    public var bytes: UInt64 = 0
+    public var kicks: UInt64 = 0
+    public var interrupts: UInt64 = 0
+    public var throttledEvents: UInt64 = 0
+    public var throttledNanoseconds: UInt64 = 0
+    public var dropBadChain: UInt64 = 0
+    public var dropBadHeader: UInt64 = 0
+    public var dropTapError: UInt64 = 0
+    public var dropQueueDisabled: UInt64 = 0
+    public var dropTruncated: UInt64 = 0
+    public var dropNoGuest: UInt64 = 0
+
+    public init() {}
+
+    @inline(__always)
+    public mutating func drop(_ reason: DropReason) {
+        switch reason {
+        case .badChain: dropBadChain &+= 1
+        case .badHeader: dropBadHeader &+= 1
+        case .tapError: dropTapError &+= 1
+        case .queueDisabled: dropQueueDisabled &+= 1
+        case .truncated: dropTruncated &+= 1
+        case .noGuest: dropNoGuest &+= 1
+        }
+    }
+
+    public func drops(_ reason: DropReason) -> UInt64 {
+        switch reason {
+        case .badChain: return dropBadChain
+        case .badHeader: return dropBadHeader
+        case .tapError: return dropTapError
+        case .queueDisabled: return dropQueueDisabled
+        case .truncated: return dropTruncated
+        case .noGuest: return dropNoGuest
+        }
+    }
+
+    public var totalDrops: UInt64 { DropReason.allCases.reduce(0) { $0 &+ drops($1) } }
+}
+
+/// Everything the protocol has told us about one virtqueue, and the running ring once it starts.
+public final class QueueState {
+    public let index: Int
+    public var isReceive: Bool { index % 2 == 0 }
+    public var pair: Int { index / 2 }
+
+    public var size: UInt16 = 0
+    public var address: VringAddress?
+    public var base: UInt16 = 0
+    public var kick: Descriptor?
+    public var call: Descriptor?
+    public var err: Descriptor?
+    public var enabled = false
+    /// Set by SET_VRING_KICK, cleared by GET_VRING_BASE.
+    public var started = false
+    public var ring: SplitQueue?
+    public var fault: String?
+    public var stats = QueueStats()
+
+    /// Reused for every chain of this queue; points into guest memory.
+    public let vectors = IOVectorBuffer(capacity: 1024)
+    /// Chains taken for a mergeable receive but not yet filled.
+    let pending = UnsafeMutablePointer<PendingChain>.allocate(capacity: 1024)
+    var limiter: DirectionLimiter
+    var throttledSince: UInt64 = 0
+    /// Cached raw call fd for the packet path (-1 when none).
+    var callFD: Int32 = -1
+
+    init(index: Int, limits: DirectionLimits, now: UInt64) {
+        self.index = index
+        self.limiter = DirectionLimiter(limits, now: now)
+    }
+
+    deinit {
+        pending.deallocate()
+    }
+
+    public var isRunning: Bool { ring != nil && fault == nil }
+
+    /// Forgets everything the frontend set up (disconnect, RESET_DEVICE); counters stay.
+    func reset() {
+        size = 0
+        address = nil
+        base = 0
+        kick = nil
+        call = nil
+        err = nil
+        callFD = -1
+        enabled = false
+        started = false
+        ring = nil
+        fault = nil
+        vectors.removeAll()
+    }
+
+    @inline(__always)
+    func signalGuest() {
+        guard let ring else { return }
+        ring.publishUsed()
+        if callFD >= 0 && ring.needsInterrupt() {
+            EventFD.signal(callFD)
+            stats.interrupts &+= 1
+        }
+    }
+}
+
+struct PendingChain {
+    var head: UInt16
+    var capacity: UInt32
+    var firstVector: Int
+    var vectorCount: Int
+    var popSequence: UInt64
+}

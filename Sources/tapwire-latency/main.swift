@@ -1,0 +1,1 @@
+print("tapwire-latency: not built yet")

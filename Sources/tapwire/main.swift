@@ -1,0 +1,3 @@
+import TapwireDaemon
+
+TapwireCommand.main()

@@ -1,0 +1,299 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # TW_* variables are read by the sourcing scripts.
+# Shared helpers for the tapwire test scripts (e2e, benchmarks).
+# Source it from a bash script that runs with `set -euo pipefail`:
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+#
+# Network rule these helpers are built around: test traffic only goes to
+# loopback or into network namespaces the scripts create themselves, so every
+# TAP and every host-side ping/iperf3 lives inside such a namespace.
+
+# Guard against double sourcing (a script and a helper may both source it).
+if [[ -n ${TW_COMMON_SOURCED:-} ]]; then return 0; fi
+TW_COMMON_SOURCED=1
+
+TW_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TW_LOG_PREFIX=${TW_LOG_PREFIX:-$(basename "$0" .sh)}
+
+# Default addressing of the test link (host side is the TAP in the netns).
+TW_HOST_IP=${TW_HOST_IP:-10.77.0.1}
+TW_GUEST_IP=${TW_GUEST_IP:-10.77.0.2}
+TW_PREFIX_LEN=${TW_PREFIX_LEN:-24}
+TW_GUEST_MAC=${TW_GUEST_MAC:-52:54:00:77:00:02}
+
+# ---------------------------------------------------------------- logging
+
+# All progress goes to stderr so that stdout stays clean for results / JSON.
+tw_log()  { printf '%s: %s\n' "$TW_LOG_PREFIX" "$*" >&2; }
+tw_warn() { printf '%s: warning: %s\n' "$TW_LOG_PREFIX" "$*" >&2; }
+tw_die()  { printf '%s: error: %s\n' "$TW_LOG_PREFIX" "$*" >&2; exit 1; }
+
+tw_require_root() {
+    [[ $(id -u) -eq 0 ]] || tw_die "must run as root (needs network namespaces and TAP devices)"
+}
+
+# Seconds since the epoch with milliseconds, for phase timings.
+tw_now() { date +%s.%N; }
+# tw_elapsed START -> "12.3" seconds since START.
+tw_elapsed() { awk -v s="$1" -v e="$(tw_now)" 'BEGIN { printf "%.1f", e - s }'; }
+
+# ---------------------------------------------------------------- packages
+
+# tw_ensure_packages SPEC... where SPEC is "command:package" (installed when the
+# command is missing) or "dpkg:package" (installed when dpkg does not know it).
+# Runs apt-get update once, only if something is actually missing.
+tw_ensure_packages() {
+    local spec what pkg missing=()
+    for spec in "$@"; do
+        what=${spec%%:*} pkg=${spec#*:}
+        if [[ $what == dpkg ]]; then
+            dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+        else
+            command -v "$what" >/dev/null 2>&1 || missing+=("$pkg")
+        fi
+    done
+    ((${#missing[@]})) || return 0
+    # De-duplicate while keeping order.
+    local -A seen=()
+    local uniq=()
+    for pkg in "${missing[@]}"; do
+        [[ -n ${seen[$pkg]:-} ]] || { seen[$pkg]=1; uniq+=("$pkg"); }
+    done
+    tw_log "installing missing packages: ${uniq[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${uniq[@]}" >&2
+}
+
+# ---------------------------------------------------------------- cleanup
+
+# A LIFO stack of shell snippets run on exit, so resources are released in the
+# reverse order of acquisition (guest, then backend, then netns, then files)
+# even when the script fails half-way or is interrupted.
+TW_CLEANUPS=()
+
+# Cleanups see the script's exit status in TW_EXIT_RC (e.g. to show logs only
+# on failure) and should keep quiet otherwise.
+TW_EXIT_RC=0
+tw_at_exit() { TW_CLEANUPS+=("$1"); }
+
+tw_run_cleanups() {
+    local rc=$? i
+    set +e
+    trap - EXIT INT TERM
+    TW_EXIT_RC=$rc
+    # A command cut short by a signal in tw_interruptible must not outlive us.
+    [[ -z $TW_FG_PID ]] || tw_stop "$TW_FG_PID" 3
+    for ((i = ${#TW_CLEANUPS[@]} - 1; i >= 0; i--)); do
+        eval "${TW_CLEANUPS[i]}"
+    done
+    TW_CLEANUPS=()
+    exit "$rc"
+}
+
+tw_install_traps() {
+    trap tw_run_cleanups EXIT
+    # Turn signals into a normal exit so the EXIT trap does the cleanup once.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# ---------------------------------------------------------------- processes
+
+# tw_spawn LOGFILE CMD... : start CMD in the background with stdout/stderr in
+# LOGFILE; its pid is left in TW_SPAWNED_PID (a function cannot return it via
+# $(...) because the job would then belong to a subshell).
+TW_SPAWNED_PID=
+tw_spawn() {
+    local log=$1; shift
+    "$@" </dev/null >"$log" 2>&1 &
+    TW_SPAWNED_PID=$!
+}
+
+# tw_interruptible CMD...: run CMD so that SIGTERM/SIGINT to the script take
+# effect at once (bash runs traps only after a foreground child returns, but
+# interrupts `wait`). Returns CMD's exit status.
+TW_FG_PID=
+tw_interruptible() {
+    local rc=0
+    "$@" &
+    TW_FG_PID=$!
+    wait "$TW_FG_PID" || rc=$?
+    TW_FG_PID=
+    return "$rc"
+}
+
+tw_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+
+# tw_stop PID [GRACE_SECONDS]: SIGTERM, wait up to GRACE, then SIGKILL.
+# Only ever called with pids this script started.
+tw_stop() {
+    local pid=$1 grace=${2:-5} i
+    tw_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        tw_alive "$pid" || break
+        sleep 0.1
+    done
+    if tw_alive "$pid"; then kill -KILL "$pid" 2>/dev/null; fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- netns
+
+# tw_netns_create NAME: a fresh namespace with lo up, deleted on exit.
+tw_netns_create() {
+    local ns=$1
+    if ip netns list | awk '{print $1}' | grep -qx -- "$ns"; then
+        tw_die "network namespace $ns already exists"
+    fi
+    ip netns add "$ns"
+    tw_at_exit "tw_netns_delete '$ns'"
+    ip -n "$ns" link set lo up
+}
+
+# tw_netns_delete NAME: stop what still runs inside (only our own children can
+# be there, the namespace is private to this run), then remove it; the TAPs in
+# it go away with it.
+tw_netns_delete() {
+    local ns=$1 pid
+    ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$ns" || return 0
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+        tw_stop "$pid" 3
+    done
+    ip netns del "$ns" 2>/dev/null || true
+}
+
+# tw_netns_addr NS IFACE [ADDR/LEN]: give IFACE the host address and bring it up.
+tw_netns_addr() {
+    local ns=$1 ifc=$2 addr=${3:-$TW_HOST_IP/$TW_PREFIX_LEN}
+    ip -n "$ns" addr replace "$addr" dev "$ifc"
+    ip -n "$ns" link set "$ifc" up
+}
+
+tw_netns_has_link() { ip -n "$1" link show dev "$2" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------- waiting
+
+# tw_wait_until TIMEOUT PID DESC CMD...: poll CMD every 0.2 s. Returns 0 when
+# CMD succeeds; dies when PID (if non-empty) exits or TIMEOUT seconds pass.
+tw_wait_until() {
+    local timeout=$1 pid=$2 desc=$3; shift 3
+    local deadline=$((SECONDS + timeout))
+    while ! "$@"; do
+        if [[ -n $pid ]] && ! tw_alive "$pid"; then
+            tw_warn "process $pid exited while waiting for $desc"
+            return 2
+        fi
+        ((SECONDS < deadline)) || { tw_warn "timed out after ${timeout}s waiting for $desc"; return 1; }
+        sleep 0.2
+    done
+}
+
+tw_is_socket() { [[ -S $1 ]]; }
+
+# tw_log_has FILE STRING: the (serial console) log contains STRING.
+tw_log_has() { [[ -f $1 ]] && grep -aqF -- "$2" "$1"; }
+
+# tw_wait_marker LOG MARKER TIMEOUT PID [FAIL_MARKER]
+# Wait for a marker line on the guest console. Returns 0 when seen, 1 on
+# timeout, 2 when PID (QEMU) died, 3 when FAIL_MARKER showed up first.
+tw_wait_marker() {
+    local log=$1 marker=$2 timeout=$3 pid=$4 fail=${5:-}
+    local deadline=$((SECONDS + timeout))
+    while :; do
+        tw_log_has "$log" "$marker" && return 0
+        if [[ -n $fail ]] && tw_log_has "$log" "$fail"; then return 3; fi
+        tw_alive "$pid" || { tw_log_has "$log" "$marker" && return 0; return 2; }
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+# tw_extract_between LOG BEGIN END: the lines strictly between the first
+# BEGIN and the next END marker, with the serial console's CRs removed.
+tw_extract_between() {
+    tr -d '\r' <"$1" | awk -v b="$2" -v e="$3" '
+        $0 == b && !done { on = 1; next }
+        $0 == e && on    { on = 0; done = 1; next }
+        on' 
+}
+
+# tw_tail_log FILE [LINES] [TITLE]: show the end of a log on stderr, indented.
+tw_tail_log() {
+    local f=$1 n=${2:-40} title=${3:-$1}
+    [[ -s $f ]] || { printf '  (%s is empty or missing)\n' "$title" >&2; return 0; }
+    printf -- '----- last %s lines of %s -----\n' "$n" "$title" >&2
+    tr -d '\r' <"$f" | tail -n "$n" | sed 's/^/  | /' >&2
+    printf -- '-----\n' >&2
+}
+
+# ---------------------------------------------------------------- ping
+
+# The host may have iputils ping or only busybox; both are fine for this.
+tw_ping_cmd() {
+    if command -v ping >/dev/null 2>&1; then echo ping; else echo "busybox ping"; fi
+}
+
+# tw_ping_parse < PING_OUTPUT -> "TX RX LOSS_PCT MIN AVG MAX" ("-" when unknown).
+# Understands iputils ("rtt min/avg/max/mdev = a/b/c/d ms") and busybox
+# ("round-trip min/avg/max = a/b/c ms").
+tw_ping_parse() {
+    tr -d '\r' | awk '
+        / packets transmitted/ {
+            # The number right before "packets transmitted" / "(packets) received".
+            tx = $0; sub(/ packets transmitted.*/, "", tx); sub(/.* /, "", tx)
+            rx = $0; sub(/ (packets )?received.*/, "", rx); sub(/.* /, "", rx)
+        }
+        /min\/avg\/max/ {
+            split($0, parts, "=")
+            split(parts[2], v, "/")
+            gsub(/[^0-9.]/, "", v[1]); gsub(/[^0-9.]/, "", v[2]); gsub(/[^0-9.]/, "", v[3])
+            min = v[1]; avg = v[2]; max = v[3]
+        }
+        END {
+            if (tx == "") { print "- - - - - -"; exit }
+            loss = (tx > 0) ? 100 * (tx - rx) / tx : 100
+            printf "%s %s %g %s %s %s\n", tx, rx, loss,
+                   (min == "" ? "-" : min), (avg == "" ? "-" : avg), (max == "" ? "-" : max)
+        }'
+}
+
+# ---------------------------------------------------------------- iperf3
+
+# tw_iperf3_parse JSON_FILE -> "GBPS RETRANSMITS" on success; on failure prints
+# the iperf3 error (or a reason) on stderr and returns 1.
+# Uses the receiver's figure (end.sum_received), which is what reached the
+# other side; retransmits come from the sender.
+tw_iperf3_parse() {
+    local json=$1 err bps rtx
+    [[ -s $json ]] || { echo "no iperf3 output" >&2; return 1; }
+    if ! jq -e . "$json" >/dev/null 2>&1; then
+        echo "iperf3 output is not JSON: $(head -c 200 "$json")" >&2; return 1
+    fi
+    err=$(jq -r '.error // empty' "$json")
+    [[ -z $err ]] || { echo "iperf3: $err" >&2; return 1; }
+    bps=$(jq -r '.end.sum_received.bits_per_second // 0' "$json")
+    rtx=$(jq -r '.end.sum_sent.retransmits // "-"' "$json")
+    awk -v b="$bps" -v r="$rtx" 'BEGIN { printf "%.2f %s\n", b / 1e9, r }'
+}
+
+# tw_iperf3_run NS SERVER_IP SECONDS JSON_OUT [EXTRA_ARGS...]: one TCP run from
+# inside NS. Returns iperf3's exit status; the JSON is kept for parsing.
+tw_iperf3_run() {
+    local ns=$1 server=$2 secs=$3 out=$4; shift 4
+    # --connect-timeout keeps a dead guest from hanging us for minutes; the
+    # outer timeout is a last resort if the transfer itself stalls.
+    # On an early exit the netns cleanup stops the client (it runs in there).
+    tw_interruptible timeout --kill-after=5 $((secs + 30)) \
+        ip netns exec "$ns" iperf3 -c "$server" -t "$secs" --connect-timeout 5000 \
+        --json "$@" >"$out" 2>"$out.stderr"
+}
+
+# tw_is_positive NUMBER: true when NUMBER parses as > 0.
+tw_is_positive() { awk -v x="$1" 'BEGIN { exit !(x + 0 > 0) }'; }
+
+# ---------------------------------------------------------------- guest
+
+# Where Tools/guest-image.sh leaves the kernel and initramfs.
+tw_guest_dir() { echo "${TAPWIRE_GUEST_DIR:-/var/tmp/tapwire-guest}"; }
