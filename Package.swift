@@ -67,7 +67,7 @@ let package = Package(
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "SystemCalls"]),
         .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter"]),
         .testTarget(name: "VirtioNetTests", dependencies: ["VirtioNet", "Virtqueue", "GuestMemory"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TapwireDaemon", "VhostUserFrontend", "SystemCalls",
+        .testTarget(name: "IntegrationTests", dependencies: ["TapwireDaemon", "VhostUserFrontend", "SystemCalls", "Virtqueue", "VhostUser", "VirtioNet", "CTapwire",
                                                              "TapDevice"]),
     ],
     swiftLanguageModes: [.v6]

@@ -11,6 +11,9 @@
 #include <net/if_arp.h>
 #include <linux/if_tun.h>
 #include <linux/sockios.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
+#include <arpa/inet.h>
 
 _Static_assert(TW_IFF_TAP == IFF_TAP && TW_IFF_NO_PI == IFF_NO_PI && TW_IFF_VNET_HDR == IFF_VNET_HDR,
                "TAP flags match the kernel's");
@@ -164,3 +167,28 @@ int tw_memfd_create(const char *name, unsigned int flags) { return memfd_create(
 int tw_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
 int tw_set_keepcaps(int on) { return prctl(PR_SET_KEEPCAPS, (unsigned long)on, 0, 0, 0); }
 int tw_accept_cloexec(int listener) { return accept4(listener, NULL, NULL, SOCK_CLOEXEC); }
+
+int tw_packet_socket(int ifindex, int vnet_hdr) {
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
+    if (fd < 0) return -1;
+    if (vnet_hdr) {
+        int one = 1;
+        if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) { int e = errno; close(fd); errno = e; return -1; }
+    }
+    struct sockaddr_ll addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sll_family = AF_PACKET;
+    addr.sll_protocol = htons(ETH_P_ALL);
+    addr.sll_ifindex = ifindex;
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { int e = errno; close(fd); errno = e; return -1; }
+    return fd;
+}
+
+ssize_t tw_packet_send(int fd, int ifindex, const void *frame, size_t len) {
+    struct sockaddr_ll addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sll_family = AF_PACKET;
+    addr.sll_ifindex = ifindex;
+    addr.sll_halen = 6;
+    return sendto(fd, frame, len, 0, (struct sockaddr *)&addr, sizeof addr);
+}

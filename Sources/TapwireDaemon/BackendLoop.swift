@@ -18,7 +18,8 @@ public enum FrontendEndpoint: Sendable {
 
 /// Runs one VM's device: the vhost-user socket, kicks, the TAP, timers and control requests,
 /// all on one thread with one epoll, so device state needs no locks.
-public final class BackendLoop {
+// @unchecked Sendable: handed to exactly one thread that runs it; other threads only use `mailbox`.
+public final class BackendLoop: @unchecked Sendable {
     enum Token {
         static let listener: UInt64 = 1 << 32
         static let connection: UInt64 = 2 << 32
@@ -297,7 +298,7 @@ public final class BackendLoop {
             let name = VhostUserRequest(rawValue: header.request)?.name ?? "request \(header.request)"
             logger.warning("refused \(name): \(error)")
             if case .unknownRequest = error {
-                if header.needsReply { sendAck(header, ok: false, on: connection) }
+                if header.needsReply && device.replyAckNegotiated { sendAck(header, ok: false, on: connection) }
             } else {
                 // A malformed known request leaves the device in an unknown state: hang up.
                 disconnect(reason: "malformed \(name): \(error)")

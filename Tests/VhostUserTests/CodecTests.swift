@@ -5,9 +5,9 @@ import VhostUser
 func decode(_ request: VhostUserRequest, _ payload: [UInt8], fds: [Descriptor] = [], flags: UInt32 = HeaderFlags.version) throws(ProtocolError) -> VhostUserMessage {
     let header = MessageHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count))
     try header.validateAsRequest()
-    return try payload.withUnsafeBytes { buffer throws(ProtocolError) in
-        try MessageDecoder.decode(header: header, payload: buffer, descriptors: fds)
-    }
+    do {
+        return try payload.withUnsafeBytes { buffer in try MessageDecoder.decode(header: header, payload: buffer, descriptors: fds) }
+    } catch { throw error as! ProtocolError }
 }
 
 func eventfd() throws -> Descriptor { try EventFD.make() }

@@ -59,6 +59,14 @@ int tw_if_set_hwaddr(const char *name, const uint8_t mac[6]);
 int tw_if_get_hwaddr(const char *name, uint8_t mac[6]);
 unsigned int tw_if_nametoindex(const char *name);
 
+// ---- AF_PACKET, for tests and tools that inject or capture frames on an interface ----
+
+/// A raw packet socket bound to interface `ifindex` (all protocols); with `vnet_hdr` the
+/// socket exchanges a virtio_net_hdr before each frame (PACKET_VNET_HDR), so GSO frames can be
+/// sent whole.
+int tw_packet_socket(int ifindex, int vnet_hdr);
+ssize_t tw_packet_send(int fd, int ifindex, const void *frame, size_t len);
+
 // ---- unix sockets with fd passing -------------------------------------------------
 
 enum { TW_MAX_PASSED_FDS = 8 };
