@@ -131,6 +131,26 @@ public struct DirectionLimiter: Sendable, Equatable {
         return max(opsWait, bytesWait)
     }
 
+    /// Takes one op token and `bytes` byte tokens unconditionally, going into debt if need
+    /// be. For guest receive: a frame is only sized once it has been read from the TAP, so
+    /// it is paid for afterwards, and reading stops while the debt lasts.
+    @inlinable
+    public mutating func charge(bytes: UInt64, now: UInt64) {
+        if _unlimited { return }
+        _ops?.refill(now: now)
+        _bandwidth?.refill(now: now)
+        _ops?._take(1)
+        _bandwidth?._take(bytes)
+    }
+
+    /// Nanoseconds until the buckets are out of debt and could admit at least a minimal
+    /// frame (0 when they can now). For guest receive, before reading the next frame.
+    @inlinable
+    public func nanosecondsUntilReady(now: UInt64) -> UInt64 {
+        if _unlimited { return 0 }
+        return nanosecondsUntilAdmissible(bytes: 1, now: now)
+    }
+
     /// Nanoseconds from `now` until `admit(bytes:now:)` would admit a frame of `bytes`
     /// (0 if it would now). Does not change anything. Saturates at UInt64.max.
     public func nanosecondsUntilAdmissible(bytes: UInt64, now: UInt64) -> UInt64 {

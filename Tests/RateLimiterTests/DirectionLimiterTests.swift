@@ -101,9 +101,11 @@ struct DirectionLimiterTests {
         #expect(l.admit(bytes: 2_000, now: 0) == .admitted)        // 8000 left
         l.update(DirectionLimits(bandwidth: BucketConfig(size: 1_000, refillTimeNanoseconds: 10_000_000)), now: 0)
         #expect(l.bandwidthBucket?.tokens == 1_000)
-        #expect(l.admit(bytes: 1_001, now: 0) != .admitted)
-        #expect(l.admit(bytes: 1_000, now: 0) == .admitted)
-        // 100 bytes/ms now: 500 bytes take 5 ms.
+        #expect(l.admit(bytes: 600, now: 0) == .admitted)
+        // 100 bytes/ms now: the missing byte takes 10 us.
+        #expect(l.admit(bytes: 401, now: 0) == .throttled(wakeAfterNanoseconds: 10_000))
+        #expect(l.admit(bytes: 400, now: 0) == .admitted)
+        // 500 bytes take 5 ms.
         #expect(l.admit(bytes: 500, now: 0) == .throttled(wakeAfterNanoseconds: 5_000_000))
     }
 
@@ -178,5 +180,26 @@ struct DirectionLimiterTests {
         vm.update(RateLimits(rx: DirectionLimits(ops: Self.ops2)), now: 0)
         #expect(vm.tx.isUnlimited && !vm.rx.isUnlimited)
         #expect(vm.limits == RateLimits(rx: DirectionLimits(ops: Self.ops2)))
+    }
+}
+
+@Suite struct ReceiveCharging {
+    @Test func chargeGoesIntoDebtAndReadinessWaitsItOut() {
+        // 1000 bytes per 1 ms bucket: 1 byte per microsecond.
+        var l = DirectionLimiter(DirectionLimits(bandwidth: BucketConfig(size: 1000, refillTimeNanoseconds: 1_000_000)), now: 0)
+        #expect(l.nanosecondsUntilReady(now: 0) == 0)
+        l.charge(bytes: 3000, now: 0) // 2000 bytes of debt
+        #expect(l.nanosecondsUntilReady(now: 0) == 2_001_000, "debt plus one byte must refill first")
+        #expect(l.nanosecondsUntilReady(now: 2_001_000) == 0)
+        var unlimited = DirectionLimiter()
+        unlimited.charge(bytes: 1 << 40, now: 0)
+        #expect(unlimited.nanosecondsUntilReady(now: 0) == 0)
+    }
+
+    @Test func chargeAlsoTakesAnOpToken() {
+        var l = DirectionLimiter(DirectionLimits(ops: BucketConfig(size: 2, refillTimeNanoseconds: 2_000)), now: 0)
+        l.charge(bytes: 0, now: 0)
+        l.charge(bytes: 0, now: 0)
+        #expect(l.nanosecondsUntilReady(now: 0) == 1_000, "one op refills per microsecond")
     }
 }

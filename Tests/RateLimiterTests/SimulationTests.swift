@@ -79,6 +79,24 @@ struct SimulationTests {
         #expect(run.frames > 60_000)
     }
 
+    @Test func unalignedWakeupsLoseNoFractions() {
+        // Wake-ups that land at arbitrary nanoseconds (late by 0..1 ms) leave fractions of a
+        // token behind every time; they must carry over. Over two hours (~61k wake-ups) a
+        // limiter that dropped them would fall tens of thousands of bytes short.
+        let config = BucketConfig(size: 100_003, refillTimeNanoseconds: 7_777_777_777)
+        var limiter = DirectionLimiter(DirectionLimits(bandwidth: config), now: 0)
+        var rng = SplitMix64(seed: 11)
+        let run = runGreedySender(&limiter, from: 0, until: 2 * 3600 * UInt64.second,
+                                  jitter: { UInt64.random(in: 0...1_000_000, using: &$0) },
+                                  rng: &rng) { _ in 1514 }
+        // admitted = size + refilled(lastCall) - tokens left (< one frame), exactly.
+        let lastCall = limiter.bandwidthBucket!.lastUpdate
+        let earned = UInt128(config.size) * UInt128(lastCall) / UInt128(config.refillTimeNanoseconds)
+        let total = UInt128(config.size) + earned
+        #expect(UInt128(run.bytes) <= total)
+        #expect(UInt128(run.bytes) + 1514 > total, "short by \(total - UInt128(run.bytes)) bytes")
+    }
+
     @Test func overConsumingSmallBucketStillAveragesTheRate() {
         // A 10 KiB bucket at 10 Mbit/s and 64 KiB frames: every frame over-consumes.
         let config = try! LimitParser.bandwidth("10Mbit,burst=10KiB", flag: "--tx-bandwidth")

@@ -12,19 +12,19 @@ struct TokenBucketTests {
         var b = makeBucket()
         #expect(b.isFull)
         #expect(b.tokens == 1000)
-        #expect(b.consume(600, now: 5_000))
+        #expect(b.consume(600, now: 5_000) == true)
         #expect(b.tokens == 400)
-        #expect(!b.consume(401, now: 5_000))
+        #expect(b.consume(401, now: 5_000) == false)
         #expect(b.tokens == 400, "a refusal takes nothing")
-        #expect(b.consume(400, now: 5_000))
+        #expect(b.consume(400, now: 5_000) == true)
         #expect(b.tokens == 0)
-        #expect(!b.consume(1, now: 5_000))
-        #expect(b.consume(0, now: 5_000), "zero tokens always succeed")
+        #expect(b.consume(1, now: 5_000) == false)
+        #expect(b.consume(0, now: 5_000) == true, "zero tokens always succeed")
     }
 
     @Test func refillsContinuouslyAtSizeOverRefillTime() {
         var b = makeBucket(now: 0)
-        #expect(b.consume(1000, now: 0))
+        #expect(b.consume(1000, now: 0) == true)
         #expect(b.tokens(now: 999) == 0)
         #expect(b.tokens(now: 1_000) == 1)
         #expect(b.tokens(now: 1_999) == 1)
@@ -42,7 +42,7 @@ struct TokenBucketTests {
     @Test func fractionalRatesKeepTheRemainder() {
         // 3 tokens per 10 ns = 0.3 tokens/ns.
         var b = TokenBucket(size: 3, refillTimeNanoseconds: 10, now: 0)
-        #expect(b.consume(3, now: 0))
+        #expect(b.consume(3, now: 0) == true)
         #expect(b.tokens(now: 3) == 0)   // 0.9
         #expect(b.tokens(now: 4) == 1)   // 1.2
         #expect(b.tokens(now: 7) == 2)   // 2.1
@@ -77,35 +77,35 @@ struct TokenBucketTests {
 
     @Test func oneTimeBurstIsSpentFirstAndNeverRefilled() {
         var b = makeBucket(oneTimeBurst: 500, now: 0)
-        #expect(b.consume(100, now: 0))
+        #expect(b.consume(100, now: 0) == true)
         #expect(b.oneTimeBurstRemaining == 400)
         #expect(b.tokens == 1000, "the bucket is untouched while the burst lasts")
         // 450 = the remaining 400 of the burst + 50 from the bucket.
-        #expect(b.consume(450, now: 0))
+        #expect(b.consume(450, now: 0) == true)
         #expect(b.oneTimeBurstRemaining == 0)
         #expect(b.tokens == 950)
         // Refill brings back the bucket, never the burst.
         b.refill(now: 10_000_000)
         #expect(b.tokens == 1000)
         #expect(b.oneTimeBurstRemaining == 0)
-        #expect(b.consume(1000, now: 10_000_000))
-        #expect(!b.consume(1, now: 10_000_000))
+        #expect(b.consume(1000, now: 10_000_000) == true)
+        #expect(b.consume(1, now: 10_000_000) == false)
     }
 
     @Test func oneTimeBurstIsNotLostOnRefusal() {
         // Bucket of 100 holding 30, with a fresh one-time burst of 10.
         var b = TokenBucket(size: 100, refillTimeNanoseconds: 1_000_000, now: 0)
-        #expect(b.consume(70, now: 0))
+        #expect(b.consume(70, now: 0) == true)
         b.reconfigure(BucketConfig(size: 100, refillTimeNanoseconds: 1_000_000, oneTimeBurst: 10), now: 0)
         #expect(b.oneTimeBurstRemaining == 10 && b.tokens == 30)
         // 50 > 10 + 30: refused, and (the fix over Firecracker) the burst is kept.
-        #expect(!b.consume(50, now: 0))
+        #expect(b.consume(50, now: 0) == false)
         #expect(b.oneTimeBurstRemaining == 10)
         #expect(b.tokens == 30)
         // 10 more tokens are needed: 100 tokens per ms, so 100 us.
         #expect(b.nanosecondsUntil(50, now: 0) == 100_000)
         // 40 = burst 10 + 30 from the bucket.
-        #expect(b.consume(40, now: 0))
+        #expect(b.consume(40, now: 0) == true)
         #expect(b.oneTimeBurstRemaining == 0 && b.tokens == 0)
     }
 
@@ -114,7 +114,7 @@ struct TokenBucketTests {
         let size: UInt64 = 10 * 1024, refill: UInt64 = 8_000_000
         var b = TokenBucket(size: size, refillTimeNanoseconds: refill, now: 0)
         let frame: UInt64 = 64 * 1024
-        #expect(b.consume(frame, now: 0), "a full bucket admits a frame larger than itself")
+        #expect(b.consume(frame, now: 0) == true, "a full bucket admits a frame larger than itself")
         #expect(b.tokens == 0)
         #expect(b.debt == frame - size)
         // The next small frame must wait for the debt and then its own tokens.
@@ -123,17 +123,17 @@ struct TokenBucketTests {
         let expected1 = ((frame - size + 1) * refill + size - 1) / size
         #expect(wait1 == expected1)
         var early = b
-        #expect(!early.consume(1, now: wait1 - 1))
+        #expect(early.consume(1, now: wait1 - 1) == false)
         // Another big frame needs the bucket completely full again: all of `frame`.
         let wait2 = b.nanosecondsUntil(frame, now: 0)
         #expect(wait2 == (frame * refill + size - 1) / size)
-        #expect(!b.consume(frame, now: wait2 - 1))
-        #expect(b.consume(frame, now: wait2))
+        #expect(b.consume(frame, now: wait2 - 1) == false)
+        #expect(b.consume(frame, now: wait2) == true)
         #expect(b.debt == frame - size)
         // A big frame is not admitted into a bucket that is merely non-empty.
         var c = TokenBucket(size: size, refillTimeNanoseconds: refill, now: 0)
-        #expect(c.consume(1, now: 0))
-        #expect(!c.consume(frame, now: 0))
+        #expect(c.consume(1, now: 0) == true)
+        #expect(c.consume(frame, now: 0) == false)
         #expect(c.tokens == size - 1)
     }
 
@@ -154,18 +154,18 @@ struct TokenBucketTests {
             let wait = b.nanosecondsUntil(want, now: now)
             if wait > 0 {
                 var early = b
-                #expect(!early.consume(want, now: now + wait - 1),
+                #expect(early.consume(want, now: now + wait - 1) == false,
                         "size \(size) refill \(refill) want \(want) wait \(wait)")
             }
             var onTime = b
-            #expect(onTime.consume(want, now: now + wait),
+            #expect(onTime.consume(want, now: now + wait) == true,
                     "size \(size) refill \(refill) want \(want) wait \(wait)")
         }
     }
 
     @Test func refundGivesTokensBackButNeverBeyondFull() {
         var b = makeBucket(now: 0)
-        #expect(b.consume(300, now: 0))
+        #expect(b.consume(300, now: 0) == true)
         b.refund(100)
         #expect(b.tokens == 800)
         b.refund(10_000)
@@ -175,7 +175,7 @@ struct TokenBucketTests {
 
     @Test func clockGoingBackwardsIsIgnored() {
         var b = makeBucket(now: 10_000)
-        #expect(b.consume(1000, now: 10_000))
+        #expect(b.consume(1000, now: 10_000) == true)
         b.refill(now: 5_000)
         #expect(b.lastUpdate == 10_000)
         #expect(b.tokens == 0)
@@ -185,23 +185,23 @@ struct TokenBucketTests {
     @Test func hugeValuesDoNotOverflow() {
         // Elapsed * size far beyond 64 bits.
         var b = TokenBucket(size: UInt64.max / 2, refillTimeNanoseconds: 3, now: 0)
-        #expect(b.consume(UInt64.max / 2, now: 0))
+        #expect(b.consume(UInt64.max / 2, now: 0) == true)
         b.refill(now: UInt64.max)
         #expect(b.isFull)
         // A debt so large that the wait saturates.
         var c = TokenBucket(size: 1, refillTimeNanoseconds: UInt64.max, now: 0)
-        #expect(c.consume(UInt64.max, now: 0))
+        #expect(c.consume(UInt64.max, now: 0) == true)
         #expect(c.debt == UInt64.max - 1)
         #expect(c.nanosecondsUntil(1, now: 0) == UInt64.max)
         // The largest representable frame into a tiny full bucket.
         var d = TokenBucket(size: 1, refillTimeNanoseconds: 1, now: 0)
-        #expect(d.consume(UInt64.max, now: 0))
+        #expect(d.consume(UInt64.max, now: 0) == true)
         #expect(d.nanosecondsUntil(1, now: 0) == UInt64.max)
     }
 
     @Test func reconfigureClampsKeepsDebtAndHandlesTheBurst() {
         var b = makeBucket(oneTimeBurst: 100, now: 0)
-        #expect(b.consume(100 + 200, now: 0))          // burst gone, 800 tokens
+        #expect(b.consume(100 + 200, now: 0) == true)          // burst gone, 800 tokens
         // Smaller: clamp to the new size.
         b.reconfigure(BucketConfig(size: 500, refillTimeNanoseconds: 1_000_000, oneTimeBurst: 100), now: 0)
         #expect(b.tokens == 500)
@@ -215,14 +215,14 @@ struct TokenBucketTests {
         #expect(b.oneTimeBurstRemaining == 7)
         // Debt survives a change.
         var c = makeBucket(now: 0)
-        #expect(c.consume(3000, now: 0))
+        #expect(c.consume(3000, now: 0) == true)
         #expect(c.debt == 2000)
         c.reconfigure(BucketConfig(size: 100, refillTimeNanoseconds: 10_000), now: 0)
         #expect(c.debt == 2000)
         #expect(c.nanosecondsUntil(1, now: 0) == 2001 * 100)  // 100 tokens per 10 us
         // The rate applies from the moment of the change: half the time at the old rate.
         var d = makeBucket(now: 0)
-        #expect(d.consume(1000, now: 0))
+        #expect(d.consume(1000, now: 0) == true)
         d.reconfigure(BucketConfig(size: 1000, refillTimeNanoseconds: 2_000_000), now: 500_000)
         #expect(d.tokens == 500)
         #expect(d.tokens(now: 1_000_000) == 750)
