@@ -24,6 +24,8 @@ import Synchronization
 public final class ControlServer: Sendable {
     /// Request bodies larger than this get 413.
     public static let defaultMaxBodyBytes = 64 * 1024
+    /// A connection that sends nothing for this long (between requests) is closed.
+    static let idleTimeout = TimeAmount.seconds(60)
 
     public let socketPath: String
     private let backend: any ControlBackend
@@ -38,6 +40,7 @@ public final class ControlServer: Sendable {
         var channel: (any Channel)?
         /// (st_dev, st_ino) of the socket file we created, so shutdown removes only ours.
         var socketIdentity: (UInt64, UInt64)?
+        var gate = ResponseGate()
     }
 
     /// - Parameters:
@@ -62,68 +65,124 @@ public final class ControlServer: Sendable {
     /// True between a successful `start()` and `shutdown()`.
     public var isRunning: Bool { state.withLock { $0.channel != nil } }
 
-    /// Binds the socket and starts serving. Blocks until the socket is listening.
+    /// Binds the socket and starts serving; returns once the socket is listening.
     /// Throws if already started, if the path is too long, or if another process is
-    /// serving on `socketPath`.
+    /// serving on `socketPath`. Blocks the calling thread: from async code, the async
+    /// overload is used.
     public func start() throws {
-        if state.withLock({ $0.group != nil }) {
-            throw ControlServerError(message: "control server on \(socketPath) is already running")
+        let group = try prepareStart()
+        let channel: any Channel
+        do {
+            channel = try makeBootstrap(group).bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw bindError(error)
         }
-        try Self.refuseLiveSocket(socketPath)
+        try finishStart(group: group, channel: channel)
+    }
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// `start()` without blocking a thread of the concurrency pool.
+    public func start() async throws {
+        let group = try prepareStart()
+        let channel: any Channel
+        do {
+            channel = try await makeBootstrap(group).bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).get()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw bindError(error)
+        }
+        try finishStart(group: group, channel: channel)
+    }
+
+    /// Stops serving, closes open connections and removes the socket file (if it is still
+    /// the one `start()` created). Answers still being computed by the backend are dropped.
+    /// Blocks until done (from async code, the async overload is used). Idempotent.
+    public func shutdown() {
+        guard let (group, channel, identity) = takeForShutdown() else { return }
+        try? channel?.close().wait()
+        try? group.syncShutdownGracefully()
+        finishShutdown(identity)
+    }
+
+    /// `shutdown()` without blocking a thread of the concurrency pool.
+    public func shutdown() async {
+        guard let (group, channel, identity) = takeForShutdown() else { return }
+        try? await channel?.close().get()
+        try? await group.shutdownGracefully()
+        finishShutdown(identity)
+    }
+
+    // MARK: Start and stop, shared by the blocking and async forms
+
+    private func prepareStart() throws -> MultiThreadedEventLoopGroup {
+        try state.withLock { state in
+            if state.group != nil {
+                throw ControlServerError(message: "control server on \(socketPath) is already running")
+            }
+            try Self.refuseLiveSocket(socketPath)
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            state.group = group
+            state.gate = ResponseGate()
+            return group
+        }
+    }
+
+    private func makeBootstrap(_ group: MultiThreadedEventLoopGroup) -> ServerBootstrap {
         let router = ControlRouter(backend: backend)
         let logger = self.logger
         let maxBodyBytes = self.maxBodyBytes
         let backendTimeout = self.backendTimeout
-        let bootstrap = ServerBootstrap(group: group)
+        let gate = state.withLock { $0.gate }
+        return ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 64)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: ControlServer.idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(
                         ControlHTTPHandler(router: router, logger: logger, maxBodyBytes: maxBodyBytes,
-                                           backendTimeout: backendTimeout))
+                                           backendTimeout: backendTimeout, gate: gate))
                 }
             }
-        let channel: any Channel
-        do {
-            channel = try bootstrap.bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).wait()
-        } catch {
-            try? group.syncShutdownGracefully()
-            throw ControlServerError(message: "cannot listen on \(socketPath): \(error)")
-        }
+    }
+
+    private func bindError(_ error: any Error) -> ControlServerError {
+        state.withLock { $0.group = nil }
+        return ControlServerError(message: "cannot listen on \(socketPath): \(error)")
+    }
+
+    private func finishStart(group: MultiThreadedEventLoopGroup, channel: any Channel) throws {
         if let mode = socketPermissions, chmod(socketPath, mode) != 0 {
             let code = errno
-            try? channel.close().wait()
-            try? group.syncShutdownGracefully()
+            channel.close(promise: nil)
+            group.shutdownGracefully { _ in }
             unlink(socketPath)
+            state.withLock { $0.group = nil }
             throw ControlServerError(message: "cannot chmod \(socketPath): \(String(cString: strerror(code)))")
         }
         let identity = Self.identity(of: socketPath)
         state.withLock {
-            $0.group = group
             $0.channel = channel
             $0.socketIdentity = identity
         }
         logger.info("control API listening", metadata: ["socket": .string(socketPath)])
     }
 
-    /// Stops serving, closes open connections and removes the socket file (if it is still
-    /// the one `start()` created). Blocks until done; must not be called on the server's
-    /// own event loop (i.e. not from inside a backend call). Idempotent.
-    public func shutdown() {
-        let (group, channel, identity) = state.withLock { state in
+    private func takeForShutdown() -> (MultiThreadedEventLoopGroup, (any Channel)?, (UInt64, UInt64)?)? {
+        state.withLock { state in
+            guard let group = state.group, state.channel != nil else { return nil }
+            // From here on no backend answer is handed to the event loop, which is about to go.
+            state.gate.close()
             defer {
                 state.group = nil
                 state.channel = nil
                 state.socketIdentity = nil
             }
-            return (state.group, state.channel, state.socketIdentity)
+            return (group, state.channel, state.socketIdentity)
         }
-        guard let group else { return }
-        try? channel?.close().wait()
-        try? group.syncShutdownGracefully()
+    }
+
+    private func finishShutdown(_ identity: (UInt64, UInt64)?) {
         if let identity, let current = Self.identity(of: socketPath), current == identity {
             unlink(socketPath)
         }
@@ -146,6 +205,21 @@ public final class ControlServer: Sendable {
         case .absentOrStale:
             return
         }
+    }
+}
+
+/// Lets backend answers reach the event loop only while the server runs.
+final class ResponseGate: Sendable {
+    private let open = Mutex(true)
+
+    func ifOpen(_ body: () -> Void) {
+        open.withLock { isOpen in
+            if isOpen { body() }
+        }
+    }
+
+    func close() {
+        open.withLock { $0 = false }
     }
 }
 
@@ -181,7 +255,10 @@ final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var nextID: UInt64 = 0
     private var timeout: Scheduled<Void>?
 
-    init(router: ControlRouter, logger: Logger, maxBodyBytes: Int, backendTimeout: TimeAmount) {
+    private let gate: ResponseGate
+
+    init(router: ControlRouter, logger: Logger, maxBodyBytes: Int, backendTimeout: TimeAmount, gate: ResponseGate) {
+        self.gate = gate
         self.router = router
         self.logger = logger
         self.maxBodyBytes = maxBodyBytes
@@ -191,11 +268,18 @@ final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            let expectsContinue = head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
             if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > maxBodyBytes {
-                reject(context: context, head: head)
+                // A client waiting for "100 Continue" will not send the body: close right away.
+                reject(context: context, head: head, closeNow: expectsContinue)
                 return
             }
             state = .receiving(head, context.channel.allocator.buffer(capacity: 0))
+            if expectsContinue {
+                // curl sends "Expect: 100-continue" for bodies over 1 KiB and waits a second otherwise.
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))),
+                                      promise: nil)
+            }
         case .body(var chunk):
             guard case .receiving(let head, var buffer) = state else { return }
             if buffer.readableBytes + chunk.readableBytes > maxBodyBytes {
@@ -217,14 +301,25 @@ final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private func reject(context: ChannelHandlerContext, head: HTTPRequestHead) {
+    private func reject(context: ChannelHandlerContext, head: HTTPRequestHead, closeNow: Bool = false) {
         state = .rejected
         var response = ControlResponse.error(.payloadTooLarge,
                                              "request body too large: the limit is \(maxBodyBytes) bytes")
         response.close = true
-        // Close only once the request is over (.end above): closing with unread data would
-        // make the client's read fail with ECONNRESET before it sees the answer.
-        write(response, for: head, context: context, closeAfterWrite: false)
+        // Otherwise close only once the request is over (.end above): closing with unread
+        // data would make the client's read fail with ECONNRESET before it sees the answer.
+        write(response, for: head, context: context, closeAfterWrite: closeNow)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            // Nothing received for a while and no request in progress: drop the connection.
+            if case .processing = state {} else {
+                context.close(promise: nil)
+                return
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func dispatch(context: ChannelHandlerContext, head: HTTPRequestHead, body: [UInt8]) {
@@ -234,11 +329,18 @@ final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let router = self.router
         let method = head.method, uri = head.uri
-        context.eventLoop.makeFutureWithTask {
-            await router.handle(method: method, uri: uri, body: body)
-        }.whenSuccess { response in
-            let (handler, context) = bound.value
-            handler.finish(id: id, response: response, context: context)
+        let eventLoop = context.eventLoop
+        let gate = self.gate
+        // The backend runs on the concurrency pool; the answer comes back to the event loop
+        // unless the server is shutting down (the loop may be gone by then).
+        Task {
+            let response = await router.handle(method: method, uri: uri, body: body)
+            gate.ifOpen {
+                eventLoop.execute {
+                    let (handler, context) = bound.value
+                    handler.finish(id: id, response: response, context: context)
+                }
+            }
         }
         let seconds = Double(backendTimeout.nanoseconds) / 1e9
         timeout = context.eventLoop.scheduleTask(in: backendTimeout) {

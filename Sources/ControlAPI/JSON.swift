@@ -25,6 +25,10 @@ public enum ControlJSON {
         do {
             return try JSONDecoder().decode(type, from: Data(bytes))
         } catch let error as DecodingError {
+            if case .dataCorrupted(let context) = error, context.codingPath.isEmpty,
+               let syntax = JSONSyntax.firstError(in: bytes) {
+                throw .badRequest("malformed JSON: \(syntax)")
+            }
             throw .badRequest(describe(error))
         } catch {
             throw .badRequest("invalid JSON: \(error)")

@@ -8,7 +8,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Dispatch
 
 /// Why a request over the unix socket failed before an HTTP response arrived.
 /// `description` is one line meant for a person.
@@ -83,7 +82,8 @@ public struct UnixHTTPResponse: Sendable, Equatable {
 }
 
 /// Blocking HTTP/1.1 over a unix socket; `send` blocks the calling thread, the async
-/// `request` runs it on a Dispatch thread so it never blocks the cooperative pool.
+/// `request` runs it on a thread of its own so it never blocks the concurrency pool (nor
+/// Dispatch's, which on Linux has as few threads as there are cores).
 public struct UnixHTTPClient: Sendable {
     public var socketPath: String
     /// For the whole exchange: connect, write, and read the full response.
@@ -98,9 +98,10 @@ public struct UnixHTTPClient: Sendable {
     public func request(_ method: String, _ path: String, body: [UInt8]? = nil,
                         contentType: String = "application/json") async throws(UnixHTTPClientError) -> UnixHTTPResponse {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<UnixHTTPResponse, UnixHTTPClientError>, Never>) in
-            DispatchQueue.global().async {
+            let client = self
+            DetachedThread.start {
                 do throws(UnixHTTPClientError) {
-                    continuation.resume(returning: .success(try self.send(method, path, body: body, contentType: contentType)))
+                    continuation.resume(returning: .success(try client.send(method, path, body: body, contentType: contentType)))
                 } catch {
                     continuation.resume(returning: .failure(error))
                 }
@@ -183,6 +184,38 @@ public struct UnixHTTPClient: Sendable {
                 }
             }
         }
+    }
+}
+
+/// Runs a closure on a new detached pthread (for blocking calls made from async code).
+enum DetachedThread {
+    private final class Box {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+
+    static func start(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        #if canImport(Darwin)
+        var thread: pthread_t?
+        #else
+        var thread = pthread_t()
+        #endif
+        let rc = pthread_create(&thread, nil, { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        if rc != 0 {
+            // No thread to be had: run it here rather than never.
+            Unmanaged<Box>.fromOpaque(box).takeRetainedValue().body()
+            return
+        }
+        #if canImport(Darwin)
+        if let thread { pthread_detach(thread) }
+        #else
+        pthread_detach(thread)
+        #endif
     }
 }
 
