@@ -49,7 +49,7 @@ let package = Package(
                                                    .product(name: "Logging", package: "swift-log")]),
         // Daemon wiring: options, config file, privileges, event loop.
         .target(name: "TapwireDaemon", dependencies: ["CCapNG", "SystemCalls", "VhostUser", "VirtioNet",
-                                                      "TapDevice", "RateLimiter",
+                                                      "TapDevice", "RateLimiter", "ControlAPI",
                                                       .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Logging", package: "swift-log")]),
         // A vhost-user frontend (the guest side) for tests, the latency tool and benchmarks.
@@ -66,9 +66,11 @@ let package = Package(
         .testTarget(name: "VirtqueueTests", dependencies: ["Virtqueue", "GuestMemory", "VhostUserFrontend"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "SystemCalls"]),
         .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "RateLimiter",
+                                                            .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "VirtioNetTests", dependencies: ["VirtioNet", "Virtqueue", "GuestMemory"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TapwireDaemon", "VhostUserFrontend", "SystemCalls", "Virtqueue", "VhostUser", "VirtioNet", "CTapwire",
-                                                             "TapDevice"]),
+                                                             "TapDevice", "ControlAPI"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -123,14 +123,37 @@ public final class Tap: @unchecked Sendable {
     }
 }
 
-/// Reads an interface counter from sysfs (e.g. "rx_bytes"), for tests and tools.
+/// Reads an interface counter ("rx_bytes", "rx_packets", "rx_dropped", "tx_bytes",
+/// "tx_packets", "tx_dropped") from /proc/net/dev, which (unlike sysfs) always shows the
+/// caller's network namespace.
 public func interfaceStatistic(_ interface: String, _ counter: String) -> UInt64? {
-    let fd = open("/sys/class/net/\(interface)/statistics/\(counter)", O_RDONLY | O_CLOEXEC)
+    let columns = ["rx_bytes": 0, "rx_packets": 1, "rx_errors": 2, "rx_dropped": 3,
+                   "tx_bytes": 8, "tx_packets": 9, "tx_errors": 10, "tx_dropped": 11]
+    guard let column = columns[counter] else { return nil }
+    let fd = open("/proc/net/dev", O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
-    var buffer = [UInt8](repeating: 0, count: 32)
-    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-    guard n > 0 else { return nil }
-    let text = String(decoding: buffer[0..<n], as: UTF8.self).filter { $0.isNumber }
-    return UInt64(text)
+    var bytes = [UInt8]()
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+        let parts = line.split(separator: ":", maxSplits: 1)
+        guard parts.count == 2, parts[0].trimmingCharacters(in: " ") == interface else { continue }
+        let values = parts[1].split(separator: " ")
+        return column < values.count ? UInt64(values[column]) : nil
+    }
+    return nil
+}
+
+extension Substring {
+    func trimmingCharacters(in character: Character) -> Substring {
+        var s = self
+        while s.first == character { s = s.dropFirst() }
+        while s.last == character { s = s.dropLast() }
+        return s
+    }
 }

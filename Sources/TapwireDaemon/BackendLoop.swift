@@ -34,7 +34,7 @@ public final class BackendLoop: @unchecked Sendable {
 
     public let device: NetDevice
     let endpoint: FrontendEndpoint
-    let logger: Logger
+    public let logger: Logger
     let epoll: Epoll
     let mailbox: LoopMailbox
     private var listener: Descriptor?
@@ -348,6 +348,19 @@ public final class BackendLoop: @unchecked Sendable {
     }
 
     public var isConnected: Bool { connection != nil }
+
+    /// New limits: every queue re-offers what it holds now instead of waiting out a timer
+    /// computed under the old limits.
+    func limitsChanged() {
+        for timer in timers { TimerFD.disarm(timer.raw) }
+        for index in 0..<needsService.count where device.queues[index].isRunning {
+            markForService(index)
+            if index % 2 == 0 {
+                rxWaiting[index / 2] = false
+                updateTapInterest(pair: index / 2)
+            }
+        }
+    }
 }
 
 /// Jobs from other threads (the control API) run on the loop thread between events.

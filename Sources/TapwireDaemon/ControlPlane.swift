@@ -1,10 +1,103 @@
+import Glibc
 import Logging
+import ControlAPI
+import RateLimiter
+import SystemCalls
+import VirtioNet
 
-/// Placeholder until the control API is wired: nothing to start.
-struct ControlPlane {
-    static func start(command: TapwireCommand, loop: BackendLoop, logger: Logger) throws -> ControlPlane? {
-        nil
+/// Answers control requests by hopping onto the device's loop thread through its mailbox:
+/// the API threads never touch device state, and the packet path takes no lock.
+struct LoopControlBackend: ControlBackend {
+    let mailbox: LoopMailbox
+    let name: String
+    let socketPath: String
+
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (BackendLoop) -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            mailbox.post { loop in continuation.resume(returning: body(loop)) }
+        }
     }
 
-    func stop() {}
+    func status() async -> VMStatus {
+        let name = self.name, socketPath = self.socketPath
+        return await onLoop { loop in loop.status(name: name, socketPath: socketPath) }
+    }
+
+    func metrics() async -> MetricsSnapshot {
+        await onLoop { loop in loop.metricsSnapshot() }
+    }
+
+    func updateLimits(_ update: LimitUpdate, replace: Bool) async throws -> VMStatus {
+        let name = self.name, socketPath = self.socketPath
+        return await onLoop { loop in
+            let current = loop.device.currentLimits
+            let next = update.applied(to: RateLimits(tx: current.tx, rx: current.rx), replace: replace)
+            loop.device.updateLimits(tx: next.tx, rx: next.rx, now: monotonicNanoseconds())
+            loop.limitsChanged()
+            loop.logger.info("rate limits changed: \(LimitFormatter.limits(next))")
+            return loop.status(name: name, socketPath: socketPath)
+        }
+    }
+}
+
+extension BackendLoop {
+    func status(name: String, socketPath: String) -> VMStatus {
+        let device = self.device
+        let queues = device.queues.map { q in
+            QueueStatus(index: q.index, direction: q.isReceive ? .rx : .tx, size: Int(q.size), enabled: q.enabled,
+                        running: q.isRunning, fault: q.fault)
+        }
+        let limits = device.currentLimits
+        let acked = device.ackedFeatures
+        let ackedOffloads = Offload.byName.filter { acked & Offload(arrayLiteral: $0.1).offeredFeatures != 0 }.map(\.0)
+        let enabledPairs = (0..<device.config.queuePairs).filter { device.queues[2 * $0].enabled }.count
+        return VMStatus(
+            name: name, state: isConnected ? .connected : .waiting,
+            uptimeSeconds: Double(monotonicNanoseconds() - startedAt) / 1e9,
+            tap: device.tap?.name ?? "(sink)", mac: device.config.mac.map(formatMAC) ?? "",
+            mtu: device.frontendMTU ?? device.config.mtu ?? device.tap?.mtu ?? 1500, socketPath: socketPath,
+            negotiatedFeatures: NetFeature.describe(acked), negotiatedFeaturesRaw: acked,
+            protocolFeaturesRaw: device.ackedProtocolFeatures, offloadsOffered: device.availableOffloads.names,
+            offloadsAcked: ackedOffloads, queuePairsConfigured: device.config.queuePairs, queuePairsEnabled: enabledPairs,
+            queues: queues, limits: LimitsStatus(RateLimits(tx: limits.tx, rx: limits.rx)))
+    }
+
+    func metricsSnapshot() -> MetricsSnapshot {
+        let queues = device.queues.map { q in
+            let s = q.stats
+            var drops = [String: UInt64]()
+            for reason in DropReason.allCases { drops[reason.label] = s.drops(reason) }
+            return QueueMetrics(index: q.index, direction: q.isReceive ? .rx : .tx, frames: s.frames, bytes: s.bytes,
+                                kicks: s.kicks, interrupts: s.interrupts, throttledEvents: s.throttledEvents,
+                                throttledNanoseconds: s.throttledNanoseconds, drops: drops)
+        }
+        return MetricsSnapshot(uptimeSeconds: Double(monotonicNanoseconds() - startedAt) / 1e9,
+                               connectionsTotal: UInt64(connectionsAccepted), disconnects: UInt64(disconnects), queues: queues)
+    }
+}
+
+func formatMAC(_ bytes: [UInt8]) -> String {
+    bytes.map { byte in
+        let hex = String(byte, radix: 16)
+        return hex.count == 1 ? "0" + hex : hex
+    }.joined(separator: ":")
+}
+
+/// The control API server, when --api-socket was given.
+struct ControlPlane {
+    let server: ControlServer
+
+    static func start(command: TapwireCommand, loop: BackendLoop, logger: Logger) throws -> ControlPlane? {
+        guard let path = command.apiSocket else { return nil }
+        let backend = LoopControlBackend(mailbox: loop.mailbox, name: command.name,
+                                         socketPath: command.socketPath ?? "fd \(command.fd ?? -1)")
+        let server = ControlServer(socketPath: path, backend: backend, logger: logger)
+        try server.start()
+        logger.info("control API on \(path)")
+        return ControlPlane(server: server)
+    }
+
+    func stop() {
+        server.shutdown()
+    }
 }

@@ -124,7 +124,7 @@ extension NetDevice {
         do {
             while true {
                 if frames >= config.batchBudget { outcome = .moreWork; break }
-                if !queue.limiter.isUnlimited, case let wait = queue.limiter.nanosecondsUntilAdmissible(bytes: 1, now: now), wait > 0 {
+                if !queue.limiter.isUnlimited, case let wait = queue.limiter.nanosecondsUntilReady(now: now), wait > 0 {
                     // In debt from earlier frames: stop reading; the kernel queues meanwhile.
                     noteThrottled(queue, now: now)
                     outcome = .throttled(nanoseconds: wait)
@@ -187,7 +187,7 @@ extension NetDevice {
                 }
                 queue.stats.frames &+= 1
                 queue.stats.bytes &+= UInt64(n - headerSize)
-                if !queue.limiter.isUnlimited { _ = queue.limiter.admit(bytes: UInt64(n - headerSize), now: now) }
+                if !queue.limiter.isUnlimited { queue.limiter.charge(bytes: UInt64(n - headerSize), now: now) }
             }
         } catch {
             failQueue(queue, "\(error)")

@@ -102,9 +102,13 @@ final class PacketSocket {
     func receive(count: Int, timeoutMilliseconds: Int32 = 2000, matching: ([UInt8]) -> Bool = { _ in true }) -> [[UInt8]] {
         var frames = [[UInt8]]()
         var buffer = [UInt8](repeating: 0, count: 70000)
+        // One overall deadline: background chatter (IPv6 solicitations) must not keep us here.
+        let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         while frames.count < count {
+            let now = monotonicNanoseconds()
+            if now >= deadline { break }
             var pfd = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
-            if poll(&pfd, 1, timeoutMilliseconds) <= 0 { break }
+            if poll(&pfd, 1, Int32((deadline - now) / 1_000_000) + 1) <= 0 { break }
             let n = buffer.withUnsafeMutableBytes { recv(fd.raw, $0.baseAddress, $0.count, 0) }
             if n > 0 {
                 let frame = Array(buffer[0..<n])

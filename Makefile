@@ -1,0 +1,44 @@
+# tapwire: build, test and demo entry points. `make test` and `make demo` work on a fresh
+# Debian 12 machine with a Swift 6 toolchain: they install what they need first.
+SHELL := /bin/bash
+SWIFT ?= swift
+RELEASE_BIN := .build/release/tapwire
+
+.PHONY: all deps build release test unit e2e demo fuzz fuzz-smoke sanitizers soak bench clean
+
+all: build
+
+deps:
+	@Tools/install-deps.sh
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release --product tapwire
+	$(SWIFT) build -c release --product tapwirectl
+	$(SWIFT) build -c release --product tapwire-latency
+
+# Unit, protocol and real-TAP suites (Swift Testing), then a real QEMU guest through tapwire.
+test: deps
+	@echo "== unit, protocol and TAP tests"
+	$(SWIFT) build --build-tests
+	@# In a private network namespace (loopback up: Foundation needs it), so the bridges,
+	@# veths and frames the TAP tests make never meet the host's interfaces.
+	TAPWIRE_TEST_NETNS=1 unshare --net -- sh -c 'ip link set lo up && exec $(SWIFT) test --skip-build' 2>&1 | tee .build/test-output.txt; test $${PIPESTATUS[0]} -eq 0
+	@$(MAKE) --no-print-directory release
+	@echo "== real guest through tapwire (ping and iperf3 both ways)"
+	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 4
+
+unit: deps
+	$(SWIFT) test
+
+e2e: release
+	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN)
+
+# The main job: boot a real guest through tapwire and show it working.
+demo: release
+	@Tools/demo.sh $(RELEASE_BIN)
+
+clean:
+	rm -rf .build .build-*

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Real-guest comparison in one run: the same guest, device options and iperf3 load through
+# QEMU's own TAP backend (-netdev tap,vhost=off), through tapwire, and through tapwire with
+# --offloads none. Rounds are interleaved so machine noise hits every backend alike; the
+# table shows medians and ratios against QEMU's TAP backend.
+# Usage: Tools/guest-bench.sh [--rounds N] [--time SECONDS] [--tapwire BIN] [--out FILE]
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+ROUNDS=3
+TIME=5
+BIN=$TW_REPO_ROOT/.build/release/tapwire
+OUT=
+while (($#)); do
+    case $1 in
+        --rounds) ROUNDS=$2; shift ;;
+        --time) TIME=$2; shift ;;
+        --tapwire) BIN=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        *) tw_die "unknown option $1" ;;
+    esac
+    shift
+done
+tw_ensure_packages jq:jq
+[[ -x $BIN ]] || tw_die "tapwire binary not found at $BIN (make release)"
+
+names=("qemu-tap" "tapwire" "tapwire-no-offloads")
+args=("--backend qemu-tap" "--backend tapwire --tapwire $BIN" "--backend tapwire --tapwire $BIN --tapwire-args --offloads=none")
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for i in "${!names[@]}"; do
+        tw_log "round $round/$ROUNDS: ${names[$i]}"
+        # shellcheck disable=SC2086 # the argument strings are meant to split
+        if ! "$TW_REPO_ROOT/Tools/e2e.sh" ${args[$i]} --time "$TIME" --json > "$results/${names[$i]}-$round.json"; then
+            tw_warn "${names[$i]} round $round failed; see its run directory"
+        fi
+    done
+done
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+metric() { # metric NAME JQ-PATH
+    cat "$results/$1"-*.json 2>/dev/null | jq -r "select(.ok == true) | $2 // empty" | median
+}
+
+{
+    printf 'Real guest (TCG, 1 vCPU, virtio-net-pci vectors=0), %s rounds of %ss, medians; ratio = backend / qemu-tap\n' "$ROUNDS" "$TIME"
+    printf 'machine: %s, %s cores, kernel %s\n' "$(hostname)" "$(nproc)" "$(uname -r)"
+    printf '%-22s %14s %14s %14s %14s %10s %10s\n' backend "host->guest" ratio "guest->host" ratio "ping min" ratio
+    base_h2g=$(metric qemu-tap .iperf3_host_to_guest.gbps)
+    base_g2h=$(metric qemu-tap .iperf3_guest_to_host.gbps)
+    base_ping=$(metric qemu-tap .ping_host_to_guest_ms.min)
+    for name in "${names[@]}"; do
+        h2g=$(metric "$name" .iperf3_host_to_guest.gbps)
+        g2h=$(metric "$name" .iperf3_guest_to_host.gbps)
+        ping=$(metric "$name" .ping_host_to_guest_ms.min)
+        awk -v n="$name" -v a="$h2g" -v b="$g2h" -v p="$ping" -v ba="$base_h2g" -v bb="$base_g2h" -v bp="$base_ping" \
+            'BEGIN { printf "%-22s %9.2f Gb/s %13.2fx %9.2f Gb/s %13.2fx %7.3f ms %9.2fx\n", n, a, a / ba, b, b / bb, p, p / bp }'
+        printf 'RESULT bench=guest backend=%s h2g_gbps=%s g2h_gbps=%s ping_min_ms=%s\n' "$name" "$h2g" "$g2h" "$ping" >&2
+    done
+} | tee "${OUT:-/dev/null}"
