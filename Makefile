@@ -17,7 +17,7 @@ build: deps
 release: deps
 	$(SWIFT) build -c release --product tapwire
 	$(SWIFT) build -c release --product tapwirectl
-	$(SWIFT) build -c release --product tapwire-latency
+	$(SWIFT) build -c release --product tapwire-perf
 
 # Unit, protocol and real-TAP suites (Swift Testing), then a real QEMU guest through tapwire.
 test: deps

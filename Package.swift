@@ -10,7 +10,7 @@ let package = Package(
     products: [
         .executable(name: "tapwire", targets: ["tapwire"]),
         .executable(name: "tapwirectl", targets: ["tapwirectl"]),
-        .executable(name: "tapwire-latency", targets: ["tapwire-latency"]),
+        .executable(name: "tapwire-perf", targets: ["tapwire-perf"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(name: "tapwire", dependencies: ["TapwireDaemon"]),
         .executableTarget(name: "tapwirectl", dependencies: ["ControlAPI", "RateLimiter",
                                                              .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "tapwire-latency", dependencies: ["VhostUserFrontend", "SystemCalls", "TapDevice",
+        .executableTarget(name: "tapwire-perf", dependencies: ["VhostUserFrontend", "SystemCalls", "TapDevice",
                                                                   .product(name: "Histogram", package: "hdrhistogram-swift"),
                                                                   .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
