@@ -1,3 +1,7 @@
 import TapwireDaemon
 
-TapwireCommand.main()
+do {
+    TapwireCommand.main(try ConfigFile.expand(Array(CommandLine.arguments.dropFirst())))
+} catch {
+    TapwireCommand.exit(withError: error)
+}
