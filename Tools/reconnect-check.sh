@@ -4,6 +4,8 @@
 #     network must come back without touching the guest (QEMU -chardev ...,reconnect=1).
 #  2. the same with a clean SIGTERM restart.
 #  3. QEMU goes away and a new QEMU boots: the same tapwire (and TAP) serves it.
+#  4. client mode: QEMU listens (server=on), tapwire --client is started first and retries
+#     until the socket appears; killed with SIGKILL and restarted, it connects again.
 # The TAP is persistent (created with `ip tuntap add`), as an operator would set it up, so
 # its host-side address survives tapwire restarts.
 # Usage: Tools/reconnect-check.sh [--tapwire BIN]
@@ -28,11 +30,13 @@ ip -n "$NS" tuntap add dev tw0 mode tap vnet_hdr
 tw_netns_addr "$NS" tw0
 
 TAPWIRE_PID=
-start_tapwire() {
-    tw_spawn "$TMP/tapwire-$1.log" ip netns exec "$NS" "$BIN" --socket-path "$SOCK" --tap tw0 --name reconnect
+start_tapwire() { # start_tapwire TAG [--client]
+    tw_spawn "$TMP/tapwire-$1.log" ip netns exec "$NS" "$BIN" --socket-path "$SOCK" --tap tw0 --name reconnect ${2:-}
     TAPWIRE_PID=$TW_SPAWNED_PID
+    [[ ${2:-} == --client ]] && return 0
     tw_wait_until 20 "$TAPWIRE_PID" "tapwire's socket" tw_is_socket "$SOCK" || tw_die "tapwire did not start ($TMP/tapwire-$1.log)"
 }
+CHARDEV_MODE=reconnect=1
 tw_at_exit 'tw_stop "$TAPWIRE_PID" 5'
 
 QEMU_PID=
@@ -44,7 +48,7 @@ boot_guest() {
         -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.cpio.gz" \
         -append "console=ttyS0 panic=-1 quiet tw.ip=$TW_GUEST_IP/$TW_PREFIX_LEN tw.host=$TW_HOST_IP" \
         -display none -serial "file:$console" -no-reboot \
-        -chardev "socket,id=c0,path=$SOCK,reconnect=1" -netdev vhost-user,id=n0,chardev=c0 \
+        -chardev "socket,id=c0,path=$SOCK,$CHARDEV_MODE" -netdev vhost-user,id=n0,chardev=c0 \
         -device "virtio-net-pci,netdev=n0,vectors=0,mac=$TW_GUEST_MAC"
     QEMU_PID=$TW_SPAWNED_PID
     tw_wait_marker "$console" TW-GUEST-READY 120 "$QEMU_PID" TW-GUEST-FAIL || tw_die "guest $1 did not come up ($console)"
@@ -102,6 +106,19 @@ tw_stop "$QEMU_PID" 5
 boot_guest 2
 check "a new QEMU on the same tapwire" "$(seconds_until_ping || true)"
 grep -h "frontend" "$TMP"/tapwire-3.log | sed 's/^/  tapwire: /' | tail -4 >&2
+
+tw_log "client mode: QEMU listens, tapwire --client connects (started first, it retries)"
+tw_stop "$QEMU_PID" 5
+tw_stop "$TAPWIRE_PID" 5
+rm -f "$SOCK"
+CHARDEV_MODE=server=on,wait=off
+start_tapwire 4 --client
+sleep 1 # tapwire is now retrying against a socket that does not exist yet
+boot_guest 3
+check "client mode, tapwire started before QEMU" "$(seconds_until_ping || true)"
+kill -KILL "$TAPWIRE_PID"; wait "$TAPWIRE_PID" 2>/dev/null || true
+start_tapwire 5 --client
+check "client mode, after SIGKILL and restart" "$(seconds_until_ping || true)"
 
 if ((failures)); then
     tw_die "$failures reconnect check(s) failed; logs in $TMP (kept: see above)"

@@ -275,7 +275,7 @@ tw_iperf3_parse() {
     [[ -z $err ]] || { echo "iperf3: $err" >&2; return 1; }
     bps=$(jq -r '.end.sum_received.bits_per_second // 0' "$json")
     rtx=$(jq -r '.end.sum_sent.retransmits // "-"' "$json")
-    awk -v b="$bps" -v r="$rtx" 'BEGIN { printf "%.2f %s\n", b / 1e9, r }'
+    awk -v b="$bps" -v r="$rtx" 'BEGIN { printf "%.4f %s\n", b / 1e9, r }'
 }
 
 # tw_iperf3_run NS SERVER_IP SECONDS JSON_OUT [EXTRA_ARGS...]: one TCP run from
