@@ -16,8 +16,10 @@ public enum FrontendEndpoint: Sendable {
     case connect(path: String)
 }
 
-/// Runs one VM's device: the vhost-user socket, kicks, the TAP, timers and control requests,
-/// all on one thread with one epoll, so device state needs no locks.
+/// Runs one VM's device. This control thread serves the vhost-user socket, signals and
+/// control requests; each queue pair's data path runs on its own `QueuePairWorker` thread.
+/// Whenever device state changes (a vhost-user message, a reset, a limit change, a status
+/// read), the workers are parked between events first, so device state needs no locks.
 // @unchecked Sendable: handed to exactly one thread that runs it; other threads only use `mailbox`.
 public final class BackendLoop: @unchecked Sendable {
     enum Token {
@@ -25,9 +27,6 @@ public final class BackendLoop: @unchecked Sendable {
         static let connection: UInt64 = 2 << 32
         static let signal: UInt64 = 3 << 32
         static let mailbox: UInt64 = 4 << 32
-        static let kick: UInt64 = 5 << 32
-        static let tap: UInt64 = 6 << 32
-        static let timer: UInt64 = 7 << 32
         static let reconnect: UInt64 = 8 << 32
         static let kindMask: UInt64 = 0xffff_ffff << 32
     }
@@ -36,20 +35,15 @@ public final class BackendLoop: @unchecked Sendable {
     let endpoint: FrontendEndpoint
     public let logger: Logger
     let epoll: Epoll
-    let mailbox: LoopMailbox
+    let mailbox: LoopMailbox<BackendLoop>
+    let workers: [QueuePairWorker]
     private var listener: Descriptor?
     private var connection: VhostUserConnection?
     private var signals: Descriptor?
     private var reconnectTimer: Descriptor?
     private var reconnectDelayMilliseconds = 100
-    private var registeredKicks: [Int32]
-    private var tapInterest: [Bool]
-    /// The receive queue of a pair waits for a kick (no buffers) or a timer (throttled).
-    private var rxWaiting: [Bool]
-    private var timers: [Descriptor]
-    private var needsService: [Bool]
-    private var anyNeedsService = false
     private var running = true
+    private var queuesChanged = false
     public private(set) var connectionsAccepted = 0
     public private(set) var disconnects = 0
     public let startedAt = monotonicNanoseconds()
@@ -62,19 +56,12 @@ public final class BackendLoop: @unchecked Sendable {
         self.logger = logger
         epoll = try Epoll()
         mailbox = try LoopMailbox()
-        let queueCount = device.queues.count
-        registeredKicks = Array(repeating: -1, count: queueCount)
-        tapInterest = Array(repeating: false, count: queueCount / 2)
-        rxWaiting = Array(repeating: false, count: queueCount / 2)
-        needsService = Array(repeating: false, count: queueCount)
-        var made = [Descriptor]()
-        for _ in 0..<queueCount { made.append(try TimerFD.make()) }
-        timers = made
-        for (index, timer) in timers.enumerated() {
-            try epoll.add(timer.raw, events: Epoll.readable, token: Token.timer | UInt64(index))
-        }
+        var made = [QueuePairWorker]()
+        for pair in 0..<device.config.queuePairs { made.append(try QueuePairWorker(pair: pair, device: device, logger: logger)) }
+        workers = made
         try epoll.add(mailbox.wake.raw, events: Epoll.readable, token: Token.mailbox)
-        device.onQueuesChanged = { [unowned self] in self.reconcile() }
+        // Device changes happen on this thread with the workers parked; they re-register then.
+        device.onQueuesChanged = { [unowned self] in self.queuesChanged = true }
     }
 
     /// Opens the listening socket (or takes the inherited one) before privileges are dropped.
@@ -109,16 +96,17 @@ public final class BackendLoop: @unchecked Sendable {
     public func stop() { running = false }
 
     public func run() throws(SystemError) {
-        let capacity = 64
+        for worker in workers { worker.start() }
+        defer { for worker in workers { worker.stopAndWait() } }
+        let capacity = 16
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
         while running {
-            let count = try epoll.wait(into: events, timeoutMilliseconds: anyNeedsService ? 0 : -1)
+            let count = try epoll.wait(into: events, timeoutMilliseconds: -1)
             for i in 0..<count {
                 dispatch(token: events[i].data.u64, events: events[i].events)
                 if !running { break }
             }
-            if anyNeedsService { serviceQueues() }
         }
         if connection != nil { disconnect(reason: "shutting down") }
         if case .listen(let path) = endpoint {
@@ -127,20 +115,22 @@ public final class BackendLoop: @unchecked Sendable {
         }
     }
 
+    /// Runs `body` with every queue worker parked between events, then lets the workers
+    /// re-register whatever the change touched.
+    public func withWorkersPaused<T>(_ body: () -> T) -> T {
+        let releases = workers.map { $0.park() }
+        queuesChanged = false
+        let result = body()
+        if queuesChanged {
+            for worker in workers { worker.reconcile() }
+            queuesChanged = false
+        }
+        for release in releases { release.signal() }
+        return result
+    }
+
     private func dispatch(token: UInt64, events: UInt32) {
-        let index = Int(token & 0xffff_ffff)
         switch token & Token.kindMask {
-        case Token.kick:
-            EventFD.drain(registeredKicks[index])
-            device.queues[index].stats.kicks &+= 1
-            markForService(index)
-            if index % 2 == 0 { rxWaiting[index / 2] = false; updateTapInterest(pair: index / 2) }
-        case Token.tap:
-            markForService(2 * index)
-        case Token.timer:
-            TimerFD.drain(timers[index].raw)
-            markForService(index)
-            if index % 2 == 0 { rxWaiting[index / 2] = false; updateTapInterest(pair: index / 2) }
         case Token.connection:
             serviceConnection()
         case Token.listener:
@@ -157,87 +147,6 @@ public final class BackendLoop: @unchecked Sendable {
             connectToFrontend()
         default:
             break
-        }
-    }
-
-    @inline(__always)
-    private func markForService(_ queue: Int) {
-        needsService[queue] = true
-        anyNeedsService = true
-    }
-
-    /// Services every marked queue once; queues with budget left over stay marked.
-    private func serviceQueues() {
-        anyNeedsService = false
-        let now = monotonicNanoseconds()
-        for index in 0..<needsService.count where needsService[index] {
-            needsService[index] = false
-            let pair = index / 2
-            let outcome = index % 2 == 0 ? device.serviceReceive(pair: pair, now: now)
-                                         : device.serviceTransmit(pair: pair, now: now)
-            switch outcome {
-            case .idle:
-                break
-            case .moreWork:
-                markForService(index)
-            case .needBuffers:
-                rxWaiting[pair] = true
-                updateTapInterest(pair: pair)
-            case .throttled(let nanoseconds):
-                TimerFD.arm(timers[index].raw, afterNanoseconds: nanoseconds)
-                if index % 2 == 0 {
-                    rxWaiting[pair] = true
-                    updateTapInterest(pair: pair)
-                }
-            }
-        }
-    }
-
-    // MARK: - Registrations
-
-    /// Brings epoll in line with the device: kick fds of started rings, TAP interest for
-    /// receive queues that can take frames. Called after every control change.
-    func reconcile() {
-        for queue in device.queues {
-            let wanted = queue.isRunning ? (queue.kick?.raw ?? -1) : -1
-            let current = registeredKicks[queue.index]
-            if wanted != current {
-                if current >= 0 { epoll.remove(current) }
-                registeredKicks[queue.index] = -1
-                if wanted >= 0 {
-                    do {
-                        try epoll.add(wanted, events: Epoll.readable, token: Token.kick | UInt64(queue.index))
-                        registeredKicks[queue.index] = wanted
-                    } catch {
-                        logger.error("queue \(queue.index): cannot watch its kick fd: \(error)")
-                    }
-                }
-            }
-            if queue.isRunning {
-                // Work may already be waiting (a restart, or a kick sent before we watched).
-                markForService(queue.index)
-                if queue.isReceive { rxWaiting[queue.pair] = false }
-            }
-        }
-        for pair in 0..<tapInterest.count { updateTapInterest(pair: pair) }
-    }
-
-    private func updateTapInterest(pair: Int) {
-        guard let tap = device.tap else { return }
-        let queue = device.queues[2 * pair]
-        let wanted = queue.isRunning && queue.enabled && !rxWaiting[pair]
-        guard wanted != tapInterest[pair] else { return }
-        let fd = tap.queues[pair].raw
-        if wanted {
-            do {
-                try epoll.add(fd, events: Epoll.readable, token: Token.tap | UInt64(pair))
-                tapInterest[pair] = true
-            } catch {
-                logger.error("cannot watch TAP queue \(pair): \(error)")
-            }
-        } else {
-            epoll.remove(fd)
-            tapInterest[pair] = false
         }
     }
 
@@ -306,7 +215,7 @@ public final class BackendLoop: @unchecked Sendable {
         case .message(let header, let message):
             let name = VhostUserRequest(rawValue: header.request)?.name ?? "?"
             logger.trace("\(name)")
-            switch device.handle(message) {
+            switch withWorkersPaused({ device.handle(message) }) {
             case .payload(let payload):
                 do { try connection.reply(to: header, payload: payload) } catch {
                     disconnect(reason: "replying to \(name): \(error)")
@@ -339,8 +248,10 @@ public final class BackendLoop: @unchecked Sendable {
         epoll.remove(connection.socket.raw)
         self.connection = nil
         disconnects += 1
-        device.resetDevice()
-        for timer in timers { TimerFD.disarm(timer.raw) }
+        withWorkersPaused {
+            device.resetDevice()
+            for worker in workers { worker.resetTimers() }
+        }
         logger.info("frontend disconnected (\(reason)); the TAP stays up for the next one")
         if case .connect = endpoint, running, let timer = reconnectTimer {
             TimerFD.arm(timer.raw, afterNanoseconds: UInt64(reconnectDelayMilliseconds) * 1_000_000)
@@ -350,40 +261,34 @@ public final class BackendLoop: @unchecked Sendable {
     public var isConnected: Bool { connection != nil }
 
     /// New limits: every queue re-offers what it holds now instead of waiting out a timer
-    /// computed under the old limits.
+    /// computed under the old limits. Call inside `withWorkersPaused`.
     func limitsChanged() {
-        for timer in timers { TimerFD.disarm(timer.raw) }
-        for index in 0..<needsService.count where device.queues[index].isRunning {
-            markForService(index)
-            if index % 2 == 0 {
-                rxWaiting[index / 2] = false
-                updateTapInterest(pair: index / 2)
-            }
-        }
+        for worker in workers { worker.resetTimers() }
     }
 }
 
-/// Jobs from other threads (the control API) run on the loop thread between events.
-public final class LoopMailbox: Sendable {
+/// Jobs from other threads (the control API, the control thread) run on the owning loop's
+/// thread between events.
+public final class LoopMailbox<Owner>: Sendable {
     let wake: Descriptor
-    private let jobs = Mutex<[@Sendable (BackendLoop) -> Void]>([])
+    private let jobs = Mutex<[@Sendable (Owner) -> Void]>([])
 
     init() throws(SystemError) {
         wake = try EventFD.make()
     }
 
-    public func post(_ job: @escaping @Sendable (BackendLoop) -> Void) {
+    public func post(_ job: @escaping @Sendable (Owner) -> Void) {
         jobs.withLock { $0.append(job) }
         EventFD.signal(wake.raw)
     }
 
-    func runPending(_ loop: BackendLoop) {
+    func runPending(_ owner: Owner) {
         EventFD.drain(wake.raw)
         let batch = jobs.withLock { pending in
             let taken = pending
             pending.removeAll()
             return taken
         }
-        for job in batch { job(loop) }
+        for job in batch { job(owner) }
     }
 }

@@ -8,13 +8,14 @@ import VirtioNet
 /// Answers control requests by hopping onto the device's loop thread through its mailbox:
 /// the API threads never touch device state, and the packet path takes no lock.
 struct LoopControlBackend: ControlBackend {
-    let mailbox: LoopMailbox
+    let mailbox: LoopMailbox<BackendLoop>
     let name: String
     let socketPath: String
 
     private func onLoop<T: Sendable>(_ body: @escaping @Sendable (BackendLoop) -> T) async -> T {
         await withCheckedContinuation { continuation in
-            mailbox.post { loop in continuation.resume(returning: body(loop)) }
+            // Queue state belongs to the worker threads; read and change it while they are parked.
+            mailbox.post { loop in continuation.resume(returning: loop.withWorkersPaused { body(loop) }) }
         }
     }
 

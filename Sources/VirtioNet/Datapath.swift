@@ -139,14 +139,14 @@ extension NetDevice {
                 while capacity < needed {
                     if pendingCount == 1024 || vectors.count >= vectors.capacity - 64 { break }
                     guard let chain = try ring.popChain(into: vectors, writable: true, maxBytes: UInt64(UInt32.max)) else { break }
-                    popSequence &+= 1
+                    queue.popSequence &+= 1
                     if let fault = chain.fault {
                         noteBadChain(queue, fault)
                         ring.addUsed(head: chain.head, length: 0)
                         continue
                     }
                     pending[pendingCount] = PendingChain(head: chain.head, capacity: UInt32(chain.bytes), firstVector: chain.firstVector,
-                                                         vectorCount: vectors.count - chain.firstVector, popSequence: popSequence)
+                                                         vectorCount: vectors.count - chain.firstVector, popSequence: queue.popSequence)
                     pendingCount += 1
                     capacity += chain.bytes
                     if !mergeable { break }
@@ -198,7 +198,7 @@ extension NetDevice {
         let unused = pendingCount - pendingStart
         if unused > 0 {
             let firstUnused = pending[pendingStart]
-            if popSequence - firstUnused.popSequence + 1 == UInt64(unused) {
+            if queue.popSequence - firstUnused.popSequence + 1 == UInt64(unused) {
                 ring.undoPop(UInt16(unused))
             } else {
                 for i in pendingStart..<pendingCount { ring.addUsed(head: pending[i].head, length: 0) }

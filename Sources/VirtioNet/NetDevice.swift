@@ -60,7 +60,6 @@ public final class NetDevice {
     public let queues: [QueueState]
     private var mappedRegions: [(description: RegionDescription, region: MemoryRegion)] = []
     private var config_: [UInt8]
-    var popSequence: UInt64 = 0
     var rxFrameCapacityNeeded = 65550 + 12
 
     /// Called after any change that may start, stop or re-route a queue (the loop re-registers fds).
@@ -377,11 +376,12 @@ public final class NetDevice {
 
     /// Stops serving a queue the guest broke, tells the frontend through the error eventfd,
     /// and keeps the rest of the device going.
+    /// Runs on whichever thread serves the queue: it only marks the queue; that thread's
+    /// loop stops watching it (QueueState.isRunning turns false).
     func failQueue(_ queue: QueueState, _ reason: String) {
         logger.error("queue \(queue.index) failed: \(reason)")
         queue.fault = reason
         if let err = queue.err { EventFD.signal(err.raw) }
-        onQueuesChanged()
     }
 
     /// Back to the state of a fresh connection; the TAP and counters stay.

@@ -91,6 +91,8 @@ public final class QueueState {
     var throttledSince: UInt64 = 0
     /// Cached raw call fd for the packet path (-1 when none).
     var callFD: Int32 = -1
+    /// Counts chains taken for receive, to tell whether unfilled ones can be given back.
+    var popSequence: UInt64 = 0
 
     init(index: Int, limits: DirectionLimits, now: UInt64) {
         self.index = index
@@ -117,6 +119,7 @@ public final class QueueState {
         ring = nil
         fault = nil
         vectors.removeAll()
+        popSequence = 0
     }
 
     @inline(__always)

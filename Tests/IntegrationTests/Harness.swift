@@ -41,7 +41,7 @@ final class RunningBackend: @unchecked Sendable {
     /// Runs `body` on the loop thread and waits for its answer.
     func onLoop<T: Sendable>(_ body: @escaping @Sendable (BackendLoop) -> T) -> T {
         let answer = Mailbox<T>()
-        loop.mailbox.post { answer.put(body($0)) }
+        loop.mailbox.post { loop in answer.put(loop.withWorkersPaused { body(loop) }) }
         return answer.take()
     }
 
