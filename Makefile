@@ -19,7 +19,8 @@ release: deps
 	$(SWIFT) build -c release --product tapwirectl
 	$(SWIFT) build -c release --product tapwire-perf
 
-# Unit, protocol and real-TAP suites (Swift Testing), then a real QEMU guest through tapwire.
+# Everything: unit, protocol and real-TAP suites (Swift Testing), then a real QEMU guest
+# through tapwire, the operator checks, restart survival and rate limits with that guest.
 test: deps
 	@echo "== unit, protocol and TAP tests"
 	$(SWIFT) build --build-tests
@@ -29,6 +30,12 @@ test: deps
 	@$(MAKE) --no-print-directory release
 	@echo "== real guest through tapwire (ping and iperf3 both ways)"
 	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 4
+	@echo "== operator checks: CapEff, tapwirectl, API errors, unprivileged run"
+	Tools/control-check.sh
+	@echo "== restart survival: SIGKILL/SIGTERM under a running guest, new QEMU, client mode"
+	Tools/reconnect-check.sh --tapwire $(RELEASE_BIN)
+	@echo "== rate limits with a real guest"
+	Tools/ratelimit-guest.sh --tapwire $(RELEASE_BIN) --time 6
 
 unit: deps
 	$(SWIFT) test
@@ -39,6 +46,10 @@ e2e: release
 # The main job: boot a real guest through tapwire and show it working.
 demo: release
 	@Tools/demo.sh $(RELEASE_BIN)
+
+# About ten minutes of connect/traffic/disconnect cycles against one tapwire.
+soak: release
+	Tools/soak.sh --cycles 400 --minutes 10
 
 clean:
 	rm -rf .build .build-*
