@@ -19,6 +19,11 @@ public enum ServiceOutcome: Equatable, Sendable {
 /// Largest chain a transmit may describe: a 64 KiB GSO frame plus headers.
 let maxTransmitChainBytes: UInt64 = 65536 + 256
 
+/// Within a batch, completions are published (and the guest signalled if it asked) after this
+/// many bytes or frames (a power of two), so the guest works in parallel with us.
+let publishEveryBytes = 64 * 1024
+let publishEveryFrames = 32
+
 extension NetDevice {
     /// Drains the guest's transmit ring into the TAP: one writev per chain, iovecs straight
     /// into guest memory, used index published and the guest signalled once per batch.
@@ -31,6 +36,7 @@ extension NetDevice {
         let features = ackedFeatures
         var outcome = ServiceOutcome.idle
         var frames = 0
+        var unpublishedBytes = 0
         var header = tw_virtio_net_hdr()
         do {
             while true {
@@ -92,6 +98,13 @@ extension NetDevice {
                 ring.addUsed(head: chain.head, length: 0)
                 queue.stats.frames &+= 1
                 queue.stats.bytes &+= UInt64(frameBytes)
+                // The guest's TCP keeps only a little in flight until completions come back
+                // (TCP small queues): hand them back during a long batch, not only after it.
+                unpublishedBytes += frameBytes
+                if unpublishedBytes >= publishEveryBytes || frames & (publishEveryFrames - 1) == 0 {
+                    queue.signalGuest()
+                    unpublishedBytes = 0
+                }
             }
         } catch {
             failQueue(queue, "\(error)")
@@ -119,6 +132,7 @@ extension NetDevice {
         var pendingStart = 0
         var capacity: UInt64 = 0
         var frames = 0
+        var unpublishedBytes = 0
         var outcome = ServiceOutcome.idle
         vectors.removeAll()
         do {
@@ -188,6 +202,13 @@ extension NetDevice {
                 queue.stats.frames &+= 1
                 queue.stats.bytes &+= UInt64(n - headerSize)
                 if !queue.limiter.isUnlimited { queue.limiter.charge(bytes: UInt64(n - headerSize), now: now) }
+                // Let the guest start on what is there while we keep filling: waiting for the
+                // end of a long batch would leave its NAPI idle and ours waiting for buffers.
+                unpublishedBytes += n
+                if unpublishedBytes >= publishEveryBytes || frames & (publishEveryFrames - 1) == 0 {
+                    queue.signalGuest()
+                    unpublishedBytes = 0
+                }
             }
         } catch {
             failQueue(queue, "\(error)")
