@@ -34,6 +34,8 @@ test: deps
 	Tools/control-check.sh
 	@echo "== restart survival: SIGKILL/SIGTERM under a running guest, new QEMU, client mode"
 	Tools/reconnect-check.sh --tapwire $(RELEASE_BIN)
+	@echo "== rate limits on a real TAP: 10 Mbit/s, 200 Mbit/s, 2 Gbit/s within 3%, no frame lost"
+	Tools/ratelimit-check.sh --no-cost
 	@echo "== rate limits with a real guest"
 	Tools/ratelimit-guest.sh --tapwire $(RELEASE_BIN) --time 6
 
@@ -46,6 +48,15 @@ e2e: release
 # The main job: boot a real guest through tapwire and show it working.
 demo: release
 	@Tools/demo.sh $(RELEASE_BIN)
+
+# Benchmarks (figures, not pass/fail): DPDK's vhost+TAP path against tapwire under the same
+# DPDK frontend, latency, the limiter's cost, and a real guest against QEMU's own TAP backend.
+bench: release
+	Tools/install-deps.sh --bench
+	Tools/bench-dpdk.sh --nice -19
+	Tools/latency.sh --nice -19
+	Tools/ratelimit-check.sh --nice -19
+	Tools/guest-bench.sh --rounds 3
 
 # About ten minutes of connect/traffic/disconnect cycles against one tapwire.
 soak: release

@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(name: "tapwire", dependencies: ["TapwireDaemon"]),
         .executableTarget(name: "tapwirectl", dependencies: ["ControlAPI", "RateLimiter",
                                                              .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "tapwire-perf", dependencies: ["VhostUserFrontend", "SystemCalls", "TapDevice",
+        .executableTarget(name: "tapwire-perf", dependencies: ["VhostUserFrontend", "SystemCalls", "TapDevice", "CTapwire",
                                                                   .product(name: "Histogram", package: "hdrhistogram-swift"),
                                                                   .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 

@@ -11,7 +11,7 @@ specs=(
     ip:iproute2 ethtool:ethtool jq:jq xz:xz-utils curl:curl python3:python3
 )
 if [[ ${1:-} == --bench ]]; then
-    specs+=(dpdk-testpmd:dpdk tcpdump:tcpdump dpkg:dpdk-dev)
+    specs+=(dpdk-testpmd:dpdk-dev tcpdump:tcpdump)
 fi
 tw_ensure_packages "${specs[@]}"
 command -v swift >/dev/null || tw_die "swift is not on PATH (Swift 6.x toolchain required)"

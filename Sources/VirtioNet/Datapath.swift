@@ -112,7 +112,7 @@ extension NetDevice {
         }
         ring.updateAvailEvent()
         queue.signalGuest()
-        if outcome != .idle { endThrottleIfNeeded(queue, now: now, throttled: outcome) }
+        endThrottleIfNeeded(queue, now: now, throttled: outcome)
         return outcome
     }
 

@@ -120,6 +120,7 @@ public final class QueueState {
         fault = nil
         vectors.removeAll()
         popSequence = 0
+        throttledSince = 0
     }
 
     @inline(__always)

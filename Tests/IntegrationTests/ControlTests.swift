@@ -94,5 +94,6 @@ import VhostUserFrontend
         let stats = backend.stats(queue: 1)
         #expect(stats.frames == 20 && stats.totalDrops == 0)
         #expect(stats.throttledEvents > 0)
+        #expect(stats.throttledNanoseconds > 100_000_000, "time held back is accounted once the ring empties")
     }
 }

@@ -297,3 +297,28 @@ tw_is_positive() { awk -v x="$1" 'BEGIN { exit !(x + 0 > 0) }'; }
 
 # Where Tools/guest-image.sh leaves the kernel and initramfs.
 tw_guest_dir() { echo "${TAPWIRE_GUEST_DIR:-/var/tmp/tapwire-guest}"; }
+
+# ---------------------------------------------------------------- benchmarks
+
+# tw_ensure_release_tools TAPWIRE PERF: builds release tapwire and tapwire-perf if missing.
+tw_ensure_release_tools() {
+    if [[ ! -x $1 || ! -x $2 ]]; then
+        tw_log "building release tapwire and tapwire-perf"
+        (cd "$TW_REPO_ROOT" && swift build -c release --product tapwire >&2 && swift build -c release --product tapwire-perf >&2) ||
+            tw_die "release build failed"
+    fi
+    [[ -x $1 ]] || tw_die "no tapwire binary at $1"
+    [[ -x $2 ]] || tw_die "no tapwire-perf binary at $2"
+}
+
+# tw_measure_at_nice N: with --nice, the script reads its counters at the same priority as
+# what it measures (else its own reads can lag by seconds behind busy-polling processes): its
+# session's autogroup gets the nice value for the run and its old one back at exit.
+tw_measure_at_nice() {
+    [[ -w /proc/$$/autogroup ]] || return 0
+    local old
+    old=$(awk '{ print $NF }' "/proc/$$/autogroup")
+    echo "$1" >"/proc/$$/autogroup"
+    tw_at_exit "echo '$old' >'/proc/$$/autogroup' 2>/dev/null || true"
+    renice -n "$1" -p $$ >/dev/null
+}

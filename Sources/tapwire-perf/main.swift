@@ -1,1 +1,0 @@
-print("tapwire-latency: not built yet")

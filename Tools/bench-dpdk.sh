@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# tapwire against DPDK's own vhost-user backend, driven by the same DPDK frontend, in one run.
+#
+# The "guest" is DPDK testpmd with a virtio-user port (a vhost-user frontend, no VM). The
+# backend is either tapwire or testpmd with DPDK's vhost PMD (+ its TAP PMD). Every TAP lives
+# in a network namespace this script creates; no traffic leaves it.
+#
+#   (a) guest transmit -> TAP, 64-byte frames: frontend txonly; tapwire --tap vs DPDK
+#       vhost PMD + TAP PMD forwarding (io). Counted on the TAP: rx_packets in /proc/net/dev
+#       of the namespace, over a fixed window after a warm-up.
+#   (b) the same with 1500-byte frames.
+#   (c) guest transmit into the backend alone (64 B): tapwire --sink vs the vhost PMD in rxonly
+#       mode. Counted at the frontend (TX-packets: frames it put in the ring; nothing leaves a
+#       sink, so every one is consumed), cross-checked with tapwire's own counter
+#       (/metrics.json on --api-socket).
+#   (d) host -> guest through the TAP (64 B): `tapwire-perf inject` writes frames into the
+#       TAP with AF_PACKET; frontend rxonly. Counted at the frontend (RX-packets: what the guest
+#       got). Two cores, and the frontend busy-polls one: the generator shares the backend's
+#       core (--inject-cpu), at the same priority. A busy-polling backend then gets half of
+#       that core, an event-driven one what it needs; the TAP queue is made long (txqueuelen
+#       10000, env TXQUEUELEN) for both so that it absorbs a scheduler slice of the generator.
+#   (e) tapwire's frames per CPU-second in each row (utime+stime from /proc/PID/stat over the
+#       window), next to DPDK's (a busy-polling backend burns its core whatever it does).
+#
+# The window opens and closes when the frontend prints its statistics (testpmd --stats-period
+# 1 prints about every 2 s here), so testpmd's cumulative counters cover exactly the window.
+# DPDK busy-polls, tapwire is event-driven: the frontend's forwarding lcore is core 0, the
+# backend (tapwire via taskset, or DPDK's forwarding lcore) core 1. Needs 2 cores, root,
+# hugepages (set up here and put back as they were), `dpdk-testpmd` (Debian: dpdk-dev).
+# On a machine busy with other work use --nice -19 (see below); BENCH_DEBUG=1 logs raw counters.
+#
+# Usage: Tools/bench-dpdk.sh [--seconds N] [--warmup S] [--rows abcd] [--wait-quiet N] [--nice N]
+#                            [--inject-cpu N] [--tapwire BIN] [--perf BIN]
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+TAPWIRE=$TW_REPO_ROOT/.build/release/tapwire
+PERF=$TW_REPO_ROOT/.build/release/tapwire-perf
+WINDOW=5
+WARMUP=2
+ROWS=abcd
+WAIT_QUIET=0
+INJECT_CPU=1
+TXQUEUELEN=${TXQUEUELEN:-10000}
+# --nice N runs everything measured at nice N (e.g. -19 on a machine busy with other work:
+# the measured processes then get nearly all of their cores). Each gets its own session, hence
+# its own scheduler autogroup, with the same nice: with autogroups (the default) plain nice only
+# ranks processes within one session and would not help against other sessions' load.
+NICE=()
+TAP=twb0
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+while (($#)); do
+    case $1 in
+        --seconds) WINDOW=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
+        --rows) ROWS=$2; shift 2 ;;
+        --inject-cpu) INJECT_CPU=$2; shift 2 ;;
+        --tapwire) TAPWIRE=$2; shift 2 ;;
+        --perf) PERF=$2; shift 2 ;;
+        --wait-quiet) WAIT_QUIET=$2; shift 2 ;;
+        --nice)
+            # shellcheck disable=SC2016 # $0 and $@ belong to the inner sh
+            NICE=(setsid sh -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' "$2")
+            NICE_VALUE=$2
+            shift 2
+            ;;
+        -h | --help) usage; exit 0 ;;
+        *) tw_die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+
+tw_require_root
+(($(nproc) >= 2)) || tw_die "needs 2 cores: DPDK's frontend and backend both busy-poll (on one core they share it and measure nothing)"
+tw_ensure_packages dpdk-testpmd:dpdk-dev ip:iproute2 jq:jq curl:curl taskset:util-linux stdbuf:coreutils awk:gawk
+tw_ensure_release_tools "$TAPWIRE" "$PERF"
+
+tw_install_traps
+if ((${#NICE[@]})); then tw_measure_at_nice "$NICE_VALUE"; fi
+STARTED=$(tw_now)
+WORK=$(mktemp -d /tmp/tapwire-bench-dpdk.XXXXXX)
+tw_at_exit "rm -rf '$WORK'"
+SOCK=$WORK/vhost.sock
+API=$WORK/api.sock
+FE_PREFIX=twbfe$$
+BE_PREFIX=twbbe$$
+
+# ---------------------------------------------------------------- hugepages
+
+# Two testpmd processes with -m 512 each: 512 pages of 2 MiB, plus a margin. Everything is
+# put back as it was, in reverse order: our page files, the mount, the page count.
+PAGES_NEEDED=600
+[[ $(awk '/^Hugepagesize:/ { print $2 }' /proc/meminfo) == 2048 ]] || tw_die "expected 2 MiB default hugepages"
+free_pages=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+if ((free_pages < PAGES_NEEDED)); then
+    old_pages=$(cat /proc/sys/vm/nr_hugepages)
+    tw_at_exit "echo $old_pages >/proc/sys/vm/nr_hugepages"
+    echo $((old_pages + PAGES_NEEDED - free_pages)) >/proc/sys/vm/nr_hugepages
+    free_pages=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+    ((free_pages >= PAGES_NEEDED)) || tw_die "only $free_pages free hugepages after asking for more (need $PAGES_NEEDED)"
+fi
+# unmount_hugetlbfs DIR: the last mappings of a process that just exited may take a moment to go.
+unmount_hugetlbfs() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        umount "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    tw_warn "could not unmount $1: $(umount "$1" 2>&1)"
+}
+HUGE_DIR=$(awk '$3 == "hugetlbfs" { print $2; exit }' /proc/mounts)
+if [[ -z $HUGE_DIR ]]; then
+    HUGE_DIR=/dev/hugepages
+    if [[ ! -d $HUGE_DIR ]]; then
+        mkdir "$HUGE_DIR"
+        tw_at_exit "rmdir '$HUGE_DIR' 2>/dev/null || true"
+    fi
+    mount -t hugetlbfs nodev "$HUGE_DIR" || tw_die "cannot mount hugetlbfs on $HUGE_DIR"
+    tw_at_exit "unmount_hugetlbfs '$HUGE_DIR'"
+fi
+# DPDK leaves its page files and runtime directory behind; ours carry our prefixes.
+tw_at_exit "rm -f '$HUGE_DIR'/${FE_PREFIX}map_* '$HUGE_DIR'/${BE_PREFIX}map_*; rm -rf /var/run/dpdk/$FE_PREFIX /var/run/dpdk/$BE_PREFIX"
+
+# ---------------------------------------------------------------- namespace
+
+NS=twbd$$
+tw_netns_create "$NS"
+ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+
+# ---------------------------------------------------------------- processes
+
+BACKEND_PID='' FRONTEND_PID='' INJECT_PID=''
+stop_all() {
+    [[ -z $FRONTEND_PID ]] || tw_stop "$FRONTEND_PID" 10
+    [[ -z $INJECT_PID ]] || tw_stop "$INJECT_PID" 5
+    [[ -z $BACKEND_PID ]] || tw_stop "$BACKEND_PID" 10
+    FRONTEND_PID='' INJECT_PID='' BACKEND_PID=''
+    rm -f "$SOCK" "$API"
+}
+tw_at_exit stop_all
+
+# start_backend KIND MODE LOG: KIND tapwire|dpdk, MODE tap|sink.
+start_backend() {
+    local kind=$1 mode=$2 log=$3
+    if [[ $kind == tapwire ]]; then
+        local args=(--tap "$TAP")
+        [[ $mode == sink ]] && args=(--sink)
+        # taskset and `ip netns exec` exec: the pid is tapwire's.
+        tw_spawn "$log" "${NICE[@]}" taskset -c 1 ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --api-socket "$API" "${args[@]}"
+    else
+        local vdevs=(--vdev "net_vhost0,iface=$SOCK") fwd=rxonly
+        [[ $mode == tap ]] && { vdevs+=(--vdev "net_tap0,iface=$TAP"); fwd=io; }
+        # The TAP PMD creates its TAP in the namespace testpmd runs in. --main-lcore 0 leaves
+        # lcore 1 to forward. stdbuf: stats lines reach the log as they are printed.
+        tw_spawn "$log" "${NICE[@]}" ip netns exec "$NS" stdbuf -oL dpdk-testpmd --file-prefix="$BE_PREFIX" -m 512 --no-pci \
+            "${vdevs[@]}" -l 0-1 --main-lcore 0 -- --forward-mode="$fwd" --auto-start --stats-period=1 \
+            --nb-cores=1 --total-num-mbufs=32768
+    fi
+    BACKEND_PID=$TW_SPAWNED_PID
+    if ! tw_wait_until 30 "$BACKEND_PID" "the $kind backend's socket" tw_is_socket "$SOCK"; then
+        tw_tail_log "$log" 30 "$kind backend log"
+        tw_die "the $kind backend did not start"
+    fi
+    if [[ $mode == tap ]]; then
+        tw_wait_until 10 "$BACKEND_PID" "$TAP in $NS" tw_netns_has_link "$NS" "$TAP" || tw_die "no $TAP in $NS"
+        ip -n "$NS" link set "$TAP" up
+    fi
+}
+
+# start_frontend LOG TESTPMD_FORWARD_ARGS...: the DPDK guest, forwarding on core 0.
+start_frontend() {
+    local log=$1; shift
+    tw_spawn "$log" "${NICE[@]}" stdbuf -oL dpdk-testpmd --file-prefix="$FE_PREFIX" -m 512 --no-pci --single-file-segments \
+        --vdev "net_virtio_user0,path=$SOCK,queues=1" -l 0-1 --main-lcore 1 -- \
+        --auto-start --stats-period=1 --nb-cores=1 --total-num-mbufs=32768 "$@"
+    FRONTEND_PID=$TW_SPAWNED_PID
+    # testpmd says "<mode> packet forwarding - ports=N - cores=..." once it forwards.
+    if ! tw_wait_until 40 "$FRONTEND_PID" "the DPDK frontend to start forwarding" tw_log_has "$log" "packet forwarding - ports="; then
+        tw_tail_log "$log" 30 "frontend log"
+        tw_die "the DPDK frontend did not start forwarding"
+    fi
+    if tw_log_has "$log" "forwarding - ports=0"; then
+        tw_tail_log "$log" 30 "frontend log"
+        tw_die "the DPDK frontend has no port: it could not connect to $SOCK"
+    fi
+}
+
+# ---------------------------------------------------------------- counters
+
+# tap_counters: "rx_packets tx_packets tx_dropped" of the TAP, as its namespace sees them
+# (zeros when there is no TAP: the sink rows).
+tap_counters() {
+    ip netns exec "$NS" cat /proc/net/dev |
+        awk -v ifc="$TAP:" '$1 == ifc { print $3, $11, $13; found = 1 } END { if (!found) print 0, 0, 0 }'
+}
+# background_busy_pct SECONDS: how busy the CPUs were (all processes, % of all cores) over a
+# short sample before we start anything: other load on a shared machine skews every figure.
+background_busy_pct() {
+    local a b
+    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+    sleep "$1"
+    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; idle = y[2] - x[2]
+        printf "%.0f\n", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
+}
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+run_delay_ns() { cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{ s += $2 } END { printf "%.0f\n", s }'; }
+# testpmd_mark LOG: waits for testpmd's next statistics block and prints
+# "<time> <cumulative TX-packets> <cumulative RX-packets>" of it (the frontend has one port).
+testpmd_mark() {
+    local log=$1 n deadline=$((SECONDS + 5))
+    n=$(grep -ac 'Tx-pps:' "$log")
+    while (($(grep -ac 'Tx-pps:' "$log") == n)); do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.005
+    done
+    local now
+    now=$(tw_now)
+    tr -d '\r' <"$log" | awk -v t="$now" '$1 == "TX-packets:" { tx = $2 } $1 == "RX-packets:" { rx = $2 } END { print t, tx + 0, rx + 0 }'
+}
+tapwire_tx_frames() { curl -sf --max-time 5 --unix-socket "$API" http://tapwire/metrics.json | jq -r '.queues[1].frames'; }
+
+# ---------------------------------------------------------------- one measurement
+
+# measure ROW KIND: runs one backend for one row; sets RATE (frames/s at the row's counting
+# point), OFFERED (frontend pps), BCPU (backend CPU cores), RQWAIT (backend run-queue wait ms),
+# NOTE (extra facts).
+measure() {
+    local row=$1 kind=$2 mode=tap size=64 fe_args=() log_be=$WORK/$1-$2-backend.log log_fe=$WORK/$1-$2-frontend.log
+    case $row in
+        a) fe_args=(--forward-mode=txonly --txpkts=64) ;;
+        b) fe_args=(--forward-mode=txonly --txpkts=1500) size=1500 ;;
+        c) fe_args=(--forward-mode=txonly --txpkts=64) mode=sink ;;
+        d) fe_args=(--forward-mode=rxonly) ;;
+    esac
+    start_backend "$kind" "$mode" "$log_be"
+    start_frontend "$log_fe" "${fe_args[@]}"
+    if [[ $row == d ]]; then
+        # A long TAP queue (both backends alike): the generator and the backend share a core,
+        # and the queue must hold what arrives during the generator's scheduler slice.
+        ip -n "$NS" link set "$TAP" txqueuelen "$TXQUEUELEN"
+        tw_spawn "$WORK/$row-$kind-inject.log" "${NICE[@]}" taskset -c "$INJECT_CPU" ip netns exec "$NS" "$PERF" inject --tap "$TAP" \
+            --frame-size "$size" --duration "$(awk -v w="$WARMUP" -v s="$WINDOW" 'BEGIN { print w + s + 6 }')" --json
+        INJECT_PID=$TW_SPAWNED_PID
+    fi
+    sleep "$WARMUP"
+    tw_alive "$FRONTEND_PID" || { tw_tail_log "$log_fe" 30 "frontend log"; tw_die "row $row/$kind: the frontend died"; }
+    # The window opens and closes as the frontend prints its per-second statistics, so its
+    # cumulative counters belong exactly to the window; the other counters are read right after.
+    local m0 m1 c0 c1 w0 w1 k0='' k1='' tap0='' tap1=''
+    m0=$(testpmd_mark "$log_fe") || tw_die "row $row/$kind: the frontend stopped printing statistics"
+    c0=$(cpu_ticks "$BACKEND_PID") w0=$(run_delay_ns "$BACKEND_PID") tap0=$(tap_counters)
+    [[ $kind == tapwire && $row == c ]] && k0=$(tapwire_tx_frames)
+    sleep "$WINDOW"
+    m1=$(testpmd_mark "$log_fe") || tw_die "row $row/$kind: the frontend stopped printing statistics"
+    c1=$(cpu_ticks "$BACKEND_PID") w1=$(run_delay_ns "$BACKEND_PID") tap1=$(tap_counters)
+    [[ $kind == tapwire && $row == c ]] && k1=$(tapwire_tx_frames)
+    [[ -z ${BENCH_DEBUG:-} ]] || tw_log "row $row/$kind marks: [$m0] [$m1] tap [$tap0] [$tap1] cpu $c0 $c1"
+    local t0 t1 ftx0 ftx1 frx0 frx1 secs
+    read -r t0 ftx0 frx0 <<<"$m0"
+    read -r t1 ftx1 frx1 <<<"$m1"
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    per_s() { awk -v d="$1" -v s="$secs" 'BEGIN { printf "%.0f", d / s }'; }
+    # tap_counters: rx_packets tx_packets tx_dropped
+    local tap_rx tap_tx tap_drop
+    tap_rx=$(($(cut -d' ' -f1 <<<"$tap1") - $(cut -d' ' -f1 <<<"$tap0")))
+    tap_tx=$(($(cut -d' ' -f2 <<<"$tap1") - $(cut -d' ' -f2 <<<"$tap0")))
+    tap_drop=$(($(cut -d' ' -f3 <<<"$tap1") - $(cut -d' ' -f3 <<<"$tap0")))
+    BCPU=$(awk -v d=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v s="$secs" 'BEGIN { printf "%.2f", d / hz / s }')
+    RQWAIT=$(((w1 - w0) / 1000000))
+    case $row in
+        a | b)
+            RATE=$(per_s "$tap_rx")
+            NOTE="the frontend put $(per_s $((ftx1 - ftx0)))/s in the ring"
+            ;;
+        c)
+            RATE=$(per_s $((ftx1 - ftx0)))
+            NOTE=''
+            [[ -z $k0 ]] || NOTE="tapwire's own count: $(per_s $((k1 - k0)))/s"
+            ;;
+        d)
+            RATE=$(per_s $((frx1 - frx0)))
+            NOTE="TAP: the backend read $(per_s "$tap_tx")/s, the kernel dropped $(per_s "$tap_drop")/s (queue full)"
+            ;;
+    esac
+    stop_all
+    if [[ $row == d && -s $WORK/$row-$kind-inject.log ]]; then
+        NOTE+="; the generator sent $(jq -r '.frames_per_second | floor' "$WORK/$row-$kind-inject.log" 2>/dev/null || echo '?')/s"
+    fi
+    tw_log "row $row $kind: $RATE frames/s, backend CPU $BCPU cores, waited ${RQWAIT} ms for a CPU; $NOTE"
+}
+
+# ---------------------------------------------------------------- run
+
+# Other work on the machine competes with what we measure: say how busy it was, and with
+# --wait-quiet N wait up to N seconds for it to calm down (under 15% busy) first.
+BACKGROUND=$(background_busy_pct 1)
+quiet_deadline=$((SECONDS + WAIT_QUIET))
+while ((BACKGROUND > 15 && SECONDS < quiet_deadline)); do
+    tw_log "the CPUs are ${BACKGROUND}% busy with other work; waiting for quiet (--wait-quiet)"
+    sleep 4
+    BACKGROUND=$(background_busy_pct 1)
+done
+if ((BACKGROUND > 15)); then
+    tw_warn "the CPUs were ${BACKGROUND}% busy with other work before the run: the figures below are skewed by it$( ((${#NICE[@]})) || echo " (--nice -19 gives the measured processes priority over it)")"
+fi
+
+declare -A TITLE=(
+    [a]="(a) guest TX -> TAP, 64 B"
+    [b]="(b) guest TX -> TAP, 1500 B"
+    [c]="(c) guest TX -> backend sink, 64 B"
+    [d]="(d) host -> guest via TAP, 64 B"
+)
+declare -A RES=()
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+tw_log "rows $ROWS, ${WARMUP}s warm-up + ${WINDOW}s window each; load average $load_before"
+for ((i = 0; i < ${#ROWS}; i++)); do
+    row=${ROWS:i:1}
+    [[ -n ${TITLE[$row]:-} ]] || tw_die "unknown row '$row' (rows are a, b, c, d)"
+    for kind in tapwire dpdk; do
+        measure "$row" "$kind"
+        RES[$row.$kind.rate]=$RATE RES[$row.$kind.cpu]=$BCPU RES[$row.$kind.rq]=$RQWAIT RES[$row.$kind.note]=$NOTE
+    done
+done
+
+# ---------------------------------------------------------------- report
+
+mpps() { awk -v r="$1" 'BEGIN { printf "%.3f", r / 1e6 }'; }
+per_cpu() { awk -v r="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%.3f", r / c / 1e6; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+
+echo
+echo "tapwire vs DPDK vhost PMD, same DPDK virtio-user frontend (testpmd); ${WINDOW}s window after ${WARMUP}s warm-up"
+echo "rates in Mpps; CPU in cores used by the backend process; frames/CPU-s in M (e): rate / backend CPU"
+printf '%-36s %9s %9s %9s | %8s %8s | %14s %14s %8s\n' row tapwire DPDK "tw/DPDK" "tw CPU" "DPDK CPU" "tw Mfr/CPU-s" "DPDK Mfr/CPU-s" "tw/DPDK"
+for ((i = 0; i < ${#ROWS}; i++)); do
+    row=${ROWS:i:1}
+    tr=${RES[$row.tapwire.rate]} dr=${RES[$row.dpdk.rate]} tc=${RES[$row.tapwire.cpu]} dc=${RES[$row.dpdk.cpu]}
+    printf '%-36s %9s %9s %9s | %8s %8s | %14s %14s %8s\n' "${TITLE[$row]}" "$(mpps "$tr")" "$(mpps "$dr")" "$(ratio "$tr" "$dr")" \
+        "$tc" "$dc" "$(per_cpu "$tr" "$tc")" "$(per_cpu "$dr" "$dc")" \
+        "$(ratio "$(awk -v r="$tr" -v c="$tc" 'BEGIN { print (c > 0) ? r / c : 0 }')" "$(awk -v r="$dr" -v c="$dc" 'BEGIN { print (c > 0) ? r / c : 0 }')")"
+done
+echo
+echo "counted at: (a)(b) the TAP's rx_packets in the namespace; (c) the frontend's TX-packets; (d) the frontend's RX-packets"
+for ((i = 0; i < ${#ROWS}; i++)); do
+    row=${ROWS:i:1}
+    for kind in tapwire dpdk; do
+        printf '  %s %-7s %s; backend waited %s ms for a CPU\n' "${TITLE[$row]%%,*}" "$kind:" "${RES[$row.$kind.note]:-}" "${RES[$row.$kind.rq]}"
+    done
+done
+echo "machine: $(nproc) cores, kernel $(uname -r), CPU $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), DPDK $(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null || echo '?')"
+echo "measured processes ran at: $( ((${#NICE[@]})) && echo "nice ${NICE[-1]} (own autogroup)" || echo "the default priority")"
+echo "other work before the run: ${BACKGROUND}% of the CPUs busy; load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); took $(tw_elapsed "$STARTED") s"

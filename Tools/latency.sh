@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Round-trip latency through tapwire without a VM: guest TX -> tapwire -> TAP -> back into
+# the TAP -> tapwire -> guest RX, measured by `tapwire-perf latency` (HdrHistogram).
+#
+# tapwire runs in a private network namespace with its TAP; tapwire-perf runs in the same
+# namespace, plays the guest on tapwire's socket and, on the host side, echoes every frame it
+# reads from the TAP straight back into it (AF_PACKET): no IP address, ARP or route needed.
+# Two runs: the tool's guest and echo sleeping in poll() on the RX call eventfd and the packet
+# socket (as a guest and a host would), then spinning instead (what is left is mostly tapwire's
+# and the kernel's share). tapwire itself is event-driven in both.
+#
+# Usage: Tools/latency.sh [--count N] [--interval-us N] [--frame-size N] [--mergeable]
+#                         [--nice N] [--tapwire BIN] [--perf BIN]
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+TAPWIRE=$TW_REPO_ROOT/.build/release/tapwire
+PERF=$TW_REPO_ROOT/.build/release/tapwire-perf
+COUNT=10000
+INTERVAL=0
+FRAME=64
+EXTRA=()
+# --nice N runs everything measured at nice N (e.g. -19 on a machine busy with other work:
+# the measured processes then get nearly all of their cores). Each gets its own session, hence
+# its own scheduler autogroup, with the same nice: with autogroups (the default) plain nice only
+# ranks processes within one session and would not help against other sessions' load.
+NICE=()
+TAP=twlat0
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+while (($#)); do
+    case $1 in
+        --count) COUNT=$2; shift 2 ;;
+        --interval-us) INTERVAL=$2; shift 2 ;;
+        --frame-size) FRAME=$2; shift 2 ;;
+        --mergeable) EXTRA+=(--mergeable); shift ;;
+        --tapwire) TAPWIRE=$2; shift 2 ;;
+        --perf) PERF=$2; shift 2 ;;
+        --nice)
+            # shellcheck disable=SC2016 # $0 and $@ belong to the inner sh
+            NICE=(setsid sh -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' "$2")
+            NICE_VALUE=$2
+            shift 2
+            ;;
+        -h | --help) usage; exit 0 ;;
+        *) tw_die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+
+tw_require_root
+tw_ensure_packages ip:iproute2 jq:jq taskset:util-linux
+tw_ensure_release_tools "$TAPWIRE" "$PERF"
+
+tw_install_traps
+if ((${#NICE[@]})); then tw_measure_at_nice "$NICE_VALUE"; fi
+WORK=$(mktemp -d /tmp/tapwire-latency.XXXXXX)
+tw_at_exit "rm -rf '$WORK'"
+NS=twlat$$
+tw_netns_create "$NS"
+ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+if (($(nproc) >= 2)); then BACKEND_CPU=1 GUEST_CPU=0; else BACKEND_CPU=0 GUEST_CPU=0; fi
+
+SOCK=$WORK/vhost.sock
+tw_spawn "$WORK/tapwire.log" "${NICE[@]}" taskset -c "$BACKEND_CPU" ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --tap "$TAP"
+TAPWIRE_PID=$TW_SPAWNED_PID
+tw_at_exit "tw_stop $TAPWIRE_PID 5"
+if ! tw_wait_until 10 "$TAPWIRE_PID" "tapwire's socket" tw_is_socket "$SOCK"; then
+    tw_tail_log "$WORK/tapwire.log" 20 "tapwire log"
+    tw_die "tapwire did not start"
+fi
+ip -n "$NS" link set "$TAP" up
+
+rows=()
+for mode in sleep busy; do
+    args=(--socket "$SOCK" --tap "$TAP" --count "$COUNT" --interval-us "$INTERVAL" --frame-size "$FRAME" --json "${EXTRA[@]}")
+    [[ $mode == busy ]] && args+=(--busy-poll)
+    out=$WORK/$mode.json
+    if ! tw_interruptible "${NICE[@]}" taskset -c "$GUEST_CPU" ip netns exec "$NS" "$PERF" latency "${args[@]}" >"$out" 2>"$out.err"; then
+        tw_tail_log "$out.err" 20 "tapwire-perf stderr"
+        tw_tail_log "$WORK/tapwire.log" 20 "tapwire log"
+        [[ -s $out ]] || tw_die "tapwire-perf latency ($mode) failed"
+        tw_warn "round trips were lost ($mode): $(jq -r .lost "$out")"
+    fi
+    rows+=("$(jq -r --arg m "$mode" '[$m, .round_trips, .lost, .min_us, .p50_us, .p90_us, .p99_us, .p99_9_us, .max_us, .mean_us] | @tsv' "$out")")
+done
+
+echo
+echo "round trip guest -> tapwire -> $TAP -> echo -> tapwire -> guest, ${FRAME}-byte frames, interval ${INTERVAL} us (microseconds)"
+printf '%-6s %8s %5s %8s %8s %8s %8s %8s %9s %8s\n' mode trips lost min p50 p90 p99 p99.9 max mean
+for row in "${rows[@]}"; do
+    # shellcheck disable=SC2086 # the tab-separated fields become printf's arguments
+    printf '%-6s %8s %5s %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %8.1f\n' $row
+done
+echo "(sleep: the tool's guest and echo block in poll() as a guest and a host would; busy: they spin; tapwire is event-driven in both)"
+echo "machine: $(nproc) cores, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
