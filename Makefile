@@ -5,6 +5,7 @@ SWIFT ?= swift
 RELEASE_BIN := .build/release/tapwire
 
 .PHONY: all deps build release test unit e2e demo fuzz fuzz-smoke sanitizers soak bench clean
+FUZZ_SECONDS ?= 600
 
 all: build
 
@@ -26,7 +27,12 @@ test: deps
 	$(SWIFT) build --build-tests
 	@# In a private network namespace (loopback up: Foundation needs it), so the bridges,
 	@# veths and frames the TAP tests make never meet the host's interfaces.
-	TAPWIRE_TEST_NETNS=1 unshare --net -- sh -c 'ip link set lo up && exec $(SWIFT) test --skip-build' 2>&1 | tee .build/test-output.txt; test $${PIPESTATUS[0]} -eq 0
+	@# --no-parallel: some tests compare the process's descriptor count before and after.
+	TAPWIRE_TEST_NETNS=1 unshare --net -- sh -c 'ip link set lo up && exec $(SWIFT) test --skip-build --no-parallel' 2>&1 | tee .build/test-output.txt; test $${PIPESTATUS[0]} -eq 0
+	@echo "== fuzz smoke: the message codec and the descriptor-chain walker, 60 s each"
+	@$(MAKE) --no-print-directory fuzz-smoke
+	@echo "== the suites under AddressSanitizer and ThreadSanitizer"
+	@$(MAKE) --no-print-directory sanitizers
 	@$(MAKE) --no-print-directory release
 	@echo "== real guest through tapwire (ping and iperf3 both ways)"
 	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 4
@@ -48,6 +54,17 @@ e2e: release
 # The main job: boot a real guest through tapwire and show it working.
 demo: release
 	@Tools/demo.sh $(RELEASE_BIN)
+
+# libFuzzer on the message codec and the descriptor-chain walker (seeds in Fixtures/fuzz).
+fuzz: deps
+	Tools/fuzz/run.sh --seconds $(FUZZ_SECONDS) --target all --parallel
+
+fuzz-smoke: deps
+	Tools/fuzz/run.sh --seconds 60 --target all --parallel --no-coverage
+
+# The Swift suites built and run under ASan and under TSan (own scratch paths).
+sanitizers: deps
+	Tools/sanitizers.sh all --serial
 
 # Benchmarks (figures, not pass/fail): DPDK's vhost+TAP path against tapwire under the same
 # DPDK frontend, latency, the limiter's cost, and a real guest against QEMU's own TAP backend.
