@@ -249,6 +249,10 @@ public final class BackendLoop: @unchecked Sendable {
         self.connection = nil
         disconnects += 1
         withWorkersPaused {
+            for queue in device.queues where queue.stats.frames > 0 || queue.stats.kicks > 0 {
+                let st = queue.stats
+                logger.info("queue \(queue.index) (\(queue.isReceive ? "rx" : "tx")): \(st.frames) frames, \(st.bytes) bytes, \(st.kicks) kicks, \(st.interrupts) interrupts, \(st.totalDrops) drops")
+            }
             device.resetDevice()
             for worker in workers { worker.resetTimers() }
         }
