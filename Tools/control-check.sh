@@ -11,6 +11,7 @@ BIN_DIR=$TW_REPO_ROOT/.build/release
 TAPWIRE=$BIN_DIR/tapwire
 CTL=$BIN_DIR/tapwirectl
 [[ -x $TAPWIRE && -x $CTL ]] || tw_die "build first: make release (need $TAPWIRE and $CTL)"
+tw_ensure_packages jq:jq
 tw_require_root
 tw_ensure_packages jq:jq curl:curl setpriv:util-linux
 
@@ -52,6 +53,24 @@ expect "tapwirectl stats prints a table per queue" grep -q "tx" <<<"$("$CTL" --a
 now=$("$CTL" --api-socket "$API" status --json)
 expect "tapwirectl limit changes the limits live" \
     test "$(jq -r '.limits.tx_human + " | " + .limits.rx_human' <<<"$now" | grep -c "200 Mbit/s.*5000")" = 1
+
+# A rate change through the API shows in the measured rate: 20 Mbit/s, then 80 Mbit/s.
+PERF=$BIN_DIR/tapwire-perf
+if [[ -x $PERF ]]; then
+    measure_mbit() {
+        ip netns exec "$NS" "$PERF" transmit --socket "$TMP/vm.sock" --frame-size 1514 --duration 3 --warmup 1 --json |
+            jq -r '.window_bits_per_second / 1e6'
+    }
+    "$CTL" --api-socket "$API" limit --tx-bandwidth 20Mbit >/dev/null
+    before=$(measure_mbit)
+    "$CTL" --api-socket "$API" limit --tx-bandwidth 80Mbit >/dev/null
+    after=$(measure_mbit)
+    expect "a limit changed through the API shows in the measured rate: ${before} -> ${after} Mbit/s (limits 20 -> 80)" \
+        awk -v b="$before" -v a="$after" 'BEGIN { exit !(b > 19 && b < 21 && a > 76 && a < 84) }'
+    "$CTL" --api-socket "$API" limit --tx-bandwidth 200Mbit --rx-ops 5000 >/dev/null
+else
+    fail "tapwire-perf not built ($PERF): cannot measure a rate change"
+fi
 
 if out=$("$CTL" --api-socket "$API" limit --tx-bandwidth 10Mbitz 2>&1); then
     fail "a bad limit is refused"
