@@ -59,7 +59,7 @@ public final class NetDevice {
     public private(set) var frontendMTU: Int?
     public let queues: [QueueState]
     private var mappedRegions: [(description: RegionDescription, region: MemoryRegion)] = []
-    private var config_: [UInt8]
+    private var configSpace: [UInt8]
     var rxFrameCapacityNeeded = 65550 + 12
 
     /// Called after any change that may start, stop or re-route a queue (the loop re-registers fds).
@@ -83,7 +83,7 @@ public final class NetDevice {
         queues = (0..<(2 * config.queuePairs)).map { index in
             QueueState(index: index, limits: index % 2 == 0 ? config.rxLimits : config.txLimits, now: now)
         }
-        config_ = [UInt8](repeating: 0, count: 24)
+        configSpace = [UInt8](repeating: 0, count: 24)
         buildConfigSpace()
     }
 
@@ -116,7 +116,7 @@ public final class NetDevice {
         let speed = UInt32.max // unknown
         withUnsafeBytes(of: speed) { for i in 0..<4 { bytes[12 + i] = $0[i] } }
         bytes[16] = 0xff // duplex unknown
-        config_ = bytes
+        configSpace = bytes
     }
 
     // MARK: - Requests
@@ -203,12 +203,12 @@ public final class NetDevice {
             return .done
         case .getConfig(let offset, let size, _):
             var out = [UInt8](repeating: 0, count: Int(size))
-            for i in 0..<Int(size) where Int(offset) + i < config_.count { out[i] = config_[Int(offset) + i] }
+            for i in 0..<Int(size) where Int(offset) + i < configSpace.count { out[i] = configSpace[Int(offset) + i] }
             return .payload(MessageEncoder.config(offset: offset, size: size, flags: 0, data: out))
         case .setConfig(let offset, _, let data):
             // Only the MAC is writable (as with VIRTIO_NET_F_CTRL_MAC_ADDR); other bytes are read-only.
             guard offset + UInt32(data.count) <= 6 else { return .failed("SET_CONFIG at \(offset)+\(data.count): only the MAC is writable") }
-            for (i, byte) in data.enumerated() { config_[Int(offset) + i] = byte }
+            for (i, byte) in data.enumerated() { configSpace[Int(offset) + i] = byte }
             return .done
         case .setBackendReqFD:
             return .done
