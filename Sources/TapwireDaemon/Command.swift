@@ -54,6 +54,9 @@ public struct TapwireCommand: ParsableCommand {
     @Option(name: .long, help: "MTU offered to the guest (VIRTIO_NET_F_MTU); also set on the TAP.")
     var mtu: Int?
 
+    @Option(name: .long, help: "After a guest transmit burst, poll again after this many microseconds before asking for kicks (0: ask at once).")
+    var txPoll: Int = 300
+
     @Option(name: .long, help: "Guest transmit bandwidth: RATE[,burst=SIZE][,one-time-burst=SIZE], e.g. 100Mbit.")
     var txBandwidth: String?
     @Option(name: .long, help: "Guest receive bandwidth, same form as --tx-bandwidth.")
@@ -89,6 +92,7 @@ public struct TapwireCommand: ParsableCommand {
         }
         if client && socketPath == nil { throw ValidationError("--client needs --socket-path (the frontend's socket)") }
         guard (1...128).contains(queues) else { throw ValidationError("--queues must be between 1 and 128, not \(queues)") }
+        guard (0...100_000).contains(txPoll) else { throw ValidationError("--tx-poll must be between 0 and 100000 microseconds, not \(txPoll)") }
         if let mtu, !(68...65535).contains(mtu) { throw ValidationError("--mtu must be between 68 and 65535, not \(mtu)") }
         if let mac, parseMAC(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
         if case .failure(let error) = Offload.parse(offloads) { throw ValidationError("\(error)") }
@@ -157,7 +161,7 @@ public struct TapwireCommand: ParsableCommand {
             case .failure(let e): throw ValidationError("\(e)")
             }
             return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(parseMAC), mtu: mtu,
-                                   txLimits: tx, rxLimits: rx)
+                                   txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll)
         }
     }
 }

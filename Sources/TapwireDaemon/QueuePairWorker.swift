@@ -35,6 +35,8 @@ final class QueuePairWorker: @unchecked Sendable {
     private var anyNeedsService = false
     private var running = true
     private let finished = DispatchSemaphore(value: 0)
+    /// After a transmit burst, look again this much later before asking for kicks (0: never).
+    private var transmitPollNanoseconds: UInt64 { UInt64(device.config.transmitPollMicroseconds) * 1000 }
 
     init(pair: Int, device: NetDevice, logger: Logger) throws(SystemError) {
         self.pair = pair
@@ -106,10 +108,13 @@ final class QueuePairWorker: @unchecked Sendable {
         let now = monotonicNanoseconds()
         for slot in 0..<2 where needsService[slot] {
             needsService[slot] = false
-            let outcome = slot == 0 ? device.serviceReceive(pair: pair, now: now) : device.serviceTransmit(pair: pair, now: now)
+            let outcome = slot == 0 ? device.serviceReceive(pair: pair, now: now)
+                                    : device.serviceTransmit(pair: pair, now: now, holdKicks: transmitPollNanoseconds > 0)
             switch outcome {
             case .idle:
                 break
+            case .drained:
+                TimerFD.arm(timers[1].raw, afterNanoseconds: transmitPollNanoseconds)
             case .moreWork:
                 mark(slot)
             case .needBuffers:

@@ -14,6 +14,9 @@ public enum ServiceOutcome: Equatable, Sendable {
     case throttled(nanoseconds: UInt64)
     /// Receive only: the guest posted no (or too few) buffers; wait for its kick.
     case needBuffers
+    /// Transmit only: frames were sent and the ring is empty, but kicks stay off for now;
+    /// look again shortly (the guest is likely mid-burst and need not exit to kick).
+    case drained
 }
 
 /// Largest chain a transmit may describe: a 64 KiB GSO frame plus headers.
@@ -27,7 +30,7 @@ let publishEveryFrames = 32
 extension NetDevice {
     /// Drains the guest's transmit ring into the TAP: one writev per chain, iovecs straight
     /// into guest memory, used index published and the guest signalled once per batch.
-    public func serviceTransmit(pair: Int, now: UInt64) -> ServiceOutcome {
+    public func serviceTransmit(pair: Int, now: UInt64, holdKicks: Bool = false) -> ServiceOutcome {
         let queue = queues[2 * pair + 1]
         guard let ring = queue.ring, queue.fault == nil else { return .idle }
         let tapFD = tap?.queues[pair].raw ?? -1
@@ -43,6 +46,11 @@ extension NetDevice {
                 if frames >= config.batchBudget { outcome = .moreWork; break }
                 vectors.removeAll()
                 guard let chain = try ring.popChain(into: vectors, writable: false, maxBytes: maxTransmitChainBytes) else {
+                    if holdKicks && frames > 0 {
+                        ring.disableKicks()
+                        outcome = .drained
+                        break
+                    }
                     if try ring.enableKicks() { continue }
                     break
                 }
@@ -110,7 +118,8 @@ extension NetDevice {
             failQueue(queue, "\(error)")
             return .idle
         }
-        ring.updateAvailEvent()
+        // While polling, avail_event stays where it was so the guest does not kick.
+        if outcome != .drained { ring.updateAvailEvent() }
         queue.signalGuest()
         endThrottleIfNeeded(queue, now: now, throttled: outcome)
         return outcome

@@ -19,10 +19,14 @@ public struct NetDeviceConfig: Sendable {
     public var rxLimits: DirectionLimits
     /// Frames per service call before other queues get a turn.
     public var batchBudget: Int
+    /// After a transmit burst empties the ring, look again this much later before asking the
+    /// guest for kicks again (0: ask at once). Under load the guest then keeps posting
+    /// without exiting to kick for every frame, which is what costs a TCG guest most.
+    public var transmitPollMicroseconds: Int
 
     public init(queuePairs: Int = 1, offloads: Offload? = nil, mac: [UInt8]? = nil, mtu: Int? = nil,
                 txLimits: DirectionLimits = DirectionLimits(), rxLimits: DirectionLimits = DirectionLimits(),
-                batchBudget: Int = 256) {
+                batchBudget: Int = 256, transmitPollMicroseconds: Int = 300) {
         self.queuePairs = queuePairs
         self.offloads = offloads
         self.mac = mac
@@ -30,6 +34,7 @@ public struct NetDeviceConfig: Sendable {
         self.txLimits = txLimits
         self.rxLimits = rxLimits
         self.batchBudget = batchBudget
+        self.transmitPollMicroseconds = transmitPollMicroseconds
     }
 }
 
