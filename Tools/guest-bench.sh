@@ -33,7 +33,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for i in "${!names[@]}"; do
         tw_log "round $round/$ROUNDS: ${names[$i]}"
         # shellcheck disable=SC2086 # the argument strings are meant to split
-        if ! "$TW_REPO_ROOT/Tools/e2e.sh" ${args[$i]} --time "$TIME" --json > "$results/${names[$i]}-$round.json"; then
+        if ! "$TW_REPO_ROOT/Tools/e2e.sh" ${args[$i]} --time "$TIME" --json > "$results/${names[$i]}.round$round.json"; then
             tw_warn "${names[$i]} round $round failed; see its run directory"
         fi
     done
@@ -41,7 +41,8 @@ done
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 metric() { # metric NAME JQ-PATH
-    cat "$results/$1"-*.json 2>/dev/null | jq -r "select(.ok == true) | $2 // empty" | median
+    # NAME.roundN.json: a NAME-prefix glob would also catch "tapwire-no-offloads" for "tapwire".
+    cat "$results/$1".round*.json 2>/dev/null | jq -r "select(.ok == true) | $2 // empty" | median
 }
 
 {

@@ -100,6 +100,11 @@ func tsoFrame(payload: Int, mss: UInt16, destination: [UInt8]) -> (header: [UInt
         let features = try fe.start()
         #expect(features & NetFeature.mergeableRxBuffers != 0)
         #expect(features & NetFeature.guestTSO4 != 0)
+        // This kernel's TAP takes USO (TUN_F_USO4|USO6 with CSUM), so USO is offered too.
+        if let tap = backend.tap, tap.probeOffloads() & UInt32(TW_TUN_F_USO4) != 0 {
+            #expect(features & (NetFeature.hostUSO | NetFeature.guestUSO4 | NetFeature.guestUSO6)
+                    == NetFeature.hostUSO | NetFeature.guestUSO4 | NetFeature.guestUSO6)
+        }
         let rx = try #require(fe.queues[0])
         var buffers = [UInt16: UInt64]()
         for _ in 0..<64 {
