@@ -9,7 +9,7 @@
 # socket (as a guest and a host would), then spinning instead (what is left is mostly tapwire's
 # and the kernel's share). tapwire itself is event-driven in both.
 #
-# Usage: Tools/latency.sh [--count N] [--interval-us N] [--frame-size N] [--mergeable]
+# Usage: Tools/latency.sh [--count N] [--interval-us N] [--frame-size N] [--mergeable] [--tapwire-args "ARGS"]
 #                         [--nice N] [--tapwire BIN] [--perf BIN]
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -25,6 +25,7 @@ EXTRA=()
 # its own scheduler autogroup, with the same nice: with autogroups (the default) plain nice only
 # ranks processes within one session and would not help against other sessions' load.
 NICE=()
+TAPWIRE_EXTRA=()
 TAP=twlat0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -33,6 +34,7 @@ while (($#)); do
     case $1 in
         --count) COUNT=$2; shift 2 ;;
         --interval-us) INTERVAL=$2; shift 2 ;;
+        --tapwire-args) read -r -a TAPWIRE_EXTRA <<<"$2"; shift 2 ;;
         --frame-size) FRAME=$2; shift 2 ;;
         --mergeable) EXTRA+=(--mergeable); shift ;;
         --tapwire) TAPWIRE=$2; shift 2 ;;
@@ -62,7 +64,7 @@ ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.de
 if (($(nproc) >= 2)); then BACKEND_CPU=1 GUEST_CPU=0; else BACKEND_CPU=0 GUEST_CPU=0; fi
 
 SOCK=$WORK/vhost.sock
-tw_spawn "$WORK/tapwire.log" "${NICE[@]}" taskset -c "$BACKEND_CPU" ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --tap "$TAP"
+tw_spawn "$WORK/tapwire.log" "${NICE[@]}" taskset -c "$BACKEND_CPU" ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --tap "$TAP" "${TAPWIRE_EXTRA[@]}"
 TAPWIRE_PID=$TW_SPAWNED_PID
 tw_at_exit "tw_stop $TAPWIRE_PID 5"
 if ! tw_wait_until 10 "$TAPWIRE_PID" "tapwire's socket" tw_is_socket "$SOCK"; then
