@@ -60,12 +60,7 @@ while (($#)); do
         --tapwire) TAPWIRE=$2; shift 2 ;;
         --perf) PERF=$2; shift 2 ;;
         --wait-quiet) WAIT_QUIET=$2; shift 2 ;;
-        --nice)
-            # shellcheck disable=SC2016 # $0 and $@ belong to the inner sh
-            NICE=(setsid sh -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' "$2")
-            NICE_VALUE=$2
-            shift 2
-            ;;
+        --nice) tw_set_nice "$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) tw_die "unknown argument '$1' (see --help)" ;;
     esac

@@ -311,6 +311,15 @@ tw_ensure_release_tools() {
     [[ -x $2 ]] || tw_die "no tapwire-perf binary at $2"
 }
 
+# tw_set_nice N: what the measured processes are started under (NICE, a command prefix), with
+# the value in NICE_VALUE. Each gets its own session, hence its own scheduler autogroup, at
+# nice N: with autogroups plain nice only ranks processes within one session.
+tw_set_nice() {
+    # shellcheck disable=SC2016 # $0 and $@ belong to the inner sh
+    NICE=(setsid sh -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' "$1")
+    NICE_VALUE=$1
+}
+
 # tw_measure_at_nice N: with --nice, the script reads its counters at the same priority as
 # what it measures (else its own reads can lag by seconds behind busy-polling processes): its
 # session's autogroup gets the nice value for the run and its old one back at exit.
