@@ -4,11 +4,9 @@
 #include <unistd.h>
 #include <errno.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <net/if.h>
-#include <net/if_arp.h>
 #include <linux/if_tun.h>
 #include <linux/sockios.h>
 #include <linux/if_packet.h>
@@ -32,12 +30,8 @@ int tw_tun_set_iff(int fd, char *name, int flags) {
     return 0;
 }
 
-int tw_tun_get_features(int fd, unsigned int *features) { return ioctl(fd, TUNGETFEATURES, features); }
 int tw_tun_set_offload(int fd, unsigned int flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
 int tw_tun_set_vnet_hdr_size(int fd, int size) { return ioctl(fd, TUNSETVNETHDRSZ, &size); }
-int tw_tun_set_persist(int fd, int persist) { return ioctl(fd, TUNSETPERSIST, (unsigned long)persist); }
-int tw_tun_set_owner(int fd, uid_t uid) { return ioctl(fd, TUNSETOWNER, (unsigned long)uid); }
-int tw_tun_set_group(int fd, gid_t gid) { return ioctl(fd, TUNSETGROUP, (unsigned long)gid); }
 
 int tw_tun_set_queue(int fd, int flags) {
     struct ifreq ifr;
@@ -77,22 +71,6 @@ int tw_if_set_mtu(const char *name, int mtu) {
     memset(&ifr, 0, sizeof ifr);
     ifr.ifr_mtu = mtu;
     return with_ifreq(name, SIOCSIFMTU, &ifr);
-}
-
-int tw_if_set_hwaddr(const char *name, const uint8_t mac[6]) {
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
-    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
-    return with_ifreq(name, SIOCSIFHWADDR, &ifr);
-}
-
-int tw_if_get_hwaddr(const char *name, uint8_t mac[6]) {
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    if (with_ifreq(name, SIOCGIFHWADDR, &ifr) < 0) return -1;
-    memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
-    return 0;
 }
 
 unsigned int tw_if_nametoindex(const char *name) { return if_nametoindex(name); }
@@ -164,8 +142,6 @@ int tw_sockaddr_un(struct sockaddr_un *addr, const char *path) {
 int tw_fcntl_getfl(int fd) { return fcntl(fd, F_GETFL); }
 int tw_fcntl_setfl(int fd, int flags) { return fcntl(fd, F_SETFL, flags); }
 int tw_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
-int tw_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
-int tw_set_keepcaps(int on) { return prctl(PR_SET_KEEPCAPS, (unsigned long)on, 0, 0, 0); }
 int tw_accept_cloexec(int listener) { return accept4(listener, NULL, NULL, SOCK_CLOEXEC); }
 
 int tw_packet_socket(int ifindex, int vnet_hdr) {

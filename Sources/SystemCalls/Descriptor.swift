@@ -48,11 +48,6 @@ public final class Descriptor: @unchecked Sendable, CustomStringConvertible {
         _ = try retryingInterrupts("fstat") { fstat(raw, &st) }
         return UInt64(st.st_size)
     }
-
-    public func duplicate() throws(SystemError) -> Descriptor {
-        let fd = try retryingInterrupts("fcntl(F_DUPFD_CLOEXEC)") { fcntl(raw, F_DUPFD_CLOEXEC, 0) }
-        return Descriptor(taking: fd)
-    }
 }
 
 /// Number of open descriptors of this process (for leak checks in tests and the soak tool).

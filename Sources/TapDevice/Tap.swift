@@ -109,18 +109,6 @@ public final class Tap: @unchecked Sendable {
             throw SystemError("TUNSETQUEUE \(enabled ? "attach" : "detach") \(index) on \(name)", errno: Glibc.errno)
         }
     }
-
-    /// Reads and discards what is queued (frames that arrived while no guest was attached).
-    public func drain(queue index: Int) -> Int {
-        var scratch = [UInt8](repeating: 0, count: 65550 + 64)
-        var count = 0
-        while count < 4096 {
-            let n = scratch.withUnsafeMutableBytes { VectorIO.read(queues[index].raw, $0.baseAddress!, count: $0.count) }
-            if n <= 0 { break }
-            count += 1
-        }
-        return count
-    }
 }
 
 /// Reads an interface counter ("rx_bytes", "rx_packets", "rx_dropped", "tx_bytes",

@@ -47,8 +47,6 @@ public final class BackendLoop: @unchecked Sendable {
     public private(set) var connectionsAccepted = 0
     public private(set) var disconnects = 0
     public let startedAt = monotonicNanoseconds()
-    /// Filled in after start-up so a control request can see the socket path.
-    public var socketPathForStatus: String?
 
     public init(device: NetDevice, endpoint: FrontendEndpoint, logger: Logger) throws(SystemError) {
         self.device = device

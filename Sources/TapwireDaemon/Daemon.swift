@@ -25,7 +25,6 @@ struct Daemon {
         let device = NetDevice(config: config, tap: tap, logger: logger, now: monotonicNanoseconds())
         logger.info("offering offloads: \(device.availableOffloads.names.joined(separator: ","))")
         let loop = try BackendLoop(device: device, endpoint: command.frontendEndpoint, logger: logger)
-        loop.socketPathForStatus = command.socketPath
         try loop.handleTerminationSignals()
         try loop.prepare()
         let control = try ControlPlane.start(command: command, loop: loop, logger: logger)

@@ -108,11 +108,7 @@ extension NetDevice {
                 queue.stats.bytes &+= UInt64(frameBytes)
                 // The guest's TCP keeps only a little in flight until completions come back
                 // (TCP small queues): hand them back during a long batch, not only after it.
-                unpublishedBytes += frameBytes
-                if unpublishedBytes >= publishEveryBytes || frames & (publishEveryFrames - 1) == 0 {
-                    queue.signalGuest()
-                    unpublishedBytes = 0
-                }
+                queue.publishIfDue(&unpublishedBytes, adding: frameBytes, frames: frames)
             }
         } catch {
             failQueue(queue, "\(error)")
@@ -169,7 +165,7 @@ extension NetDevice {
                         continue
                     }
                     pending[pendingCount] = PendingChain(head: chain.head, capacity: UInt32(chain.bytes), firstVector: chain.firstVector,
-                                                         vectorCount: vectors.count - chain.firstVector, popSequence: queue.popSequence)
+                                                         popSequence: queue.popSequence)
                     pendingCount += 1
                     capacity += chain.bytes
                     if !mergeable { break }
@@ -213,11 +209,7 @@ extension NetDevice {
                 if !queue.limiter.isUnlimited { queue.limiter.charge(bytes: UInt64(n - headerSize), now: now) }
                 // Let the guest start on what is there while we keep filling: waiting for the
                 // end of a long batch would leave its NAPI idle and ours waiting for buffers.
-                unpublishedBytes += n
-                if unpublishedBytes >= publishEveryBytes || frames & (publishEveryFrames - 1) == 0 {
-                    queue.signalGuest()
-                    unpublishedBytes = 0
-                }
+                queue.publishIfDue(&unpublishedBytes, adding: n, frames: frames)
             }
         } catch {
             failQueue(queue, "\(error)")
@@ -245,9 +237,6 @@ extension NetDevice {
         endThrottleIfNeeded(queue, now: now, throttled: outcome)
         return outcome
     }
-
-    /// Sink mode: consume and drop guest transmit without a TAP (measures the ring core alone).
-    public var isSink: Bool { tap == nil }
 
     // MARK: - Accounting and rate-limited logging
 

@@ -123,6 +123,18 @@ public final class QueueState {
         throttledSince = 0
     }
 
+    /// Called after each frame of a batch: publishes (and signals if the guest asked) once
+    /// `publishEveryBytes` or `publishEveryFrames` have accumulated, so the guest works in
+    /// parallel with us instead of waiting for the end of a long batch.
+    @inline(__always)
+    func publishIfDue(_ unpublishedBytes: inout Int, adding bytes: Int, frames: Int) {
+        unpublishedBytes += bytes
+        if unpublishedBytes >= publishEveryBytes || frames & (publishEveryFrames - 1) == 0 {
+            signalGuest()
+            unpublishedBytes = 0
+        }
+    }
+
     @inline(__always)
     func signalGuest() {
         guard let ring else { return }
@@ -138,6 +150,5 @@ struct PendingChain {
     var head: UInt16
     var capacity: UInt32
     var firstVector: Int
-    var vectorCount: Int
     var popSequence: UInt64
 }

@@ -60,9 +60,6 @@ public final class SplitQueue {
     @inline(__always)
     public var availIndex: UInt16 { tw_load_acquire_u16(ring.avail + 2) }
 
-    @inline(__always)
-    public var usedIndexInRing: UInt16 { tw_load_relaxed_u16(ring.used + 2) }
-
     /// Entries the driver has made available and we have not consumed yet.
     @inline(__always)
     public func pendingCount() throws(QueueFault) -> UInt16 {

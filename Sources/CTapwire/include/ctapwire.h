@@ -41,22 +41,14 @@ enum {
 
 /// TUNSETIFF: creates or attaches to the interface `name` (in/out, IFNAMSIZ bytes).
 int tw_tun_set_iff(int fd, char *name, int flags);
-/// TUNGETFEATURES: the IFF_* flags the kernel supports.
-int tw_tun_get_features(int fd, unsigned int *features);
 int tw_tun_set_offload(int fd, unsigned int flags);
 int tw_tun_set_vnet_hdr_size(int fd, int size);
 int tw_tun_set_queue(int fd, int flags);
-int tw_tun_set_persist(int fd, int persist);
-int tw_tun_set_owner(int fd, uid_t uid);
-int tw_tun_set_group(int fd, gid_t gid);
 /// SIOCGIFFLAGS/SIOCSIFFLAGS on an AF_INET datagram socket: brings `name` up.
 int tw_if_set_up(const char *name, int up);
 /// SIOCGIFMTU; -1 on error.
 int tw_if_get_mtu(const char *name);
 int tw_if_set_mtu(const char *name, int mtu);
-/// SIOCSIFHWADDR.
-int tw_if_set_hwaddr(const char *name, const uint8_t mac[6]);
-int tw_if_get_hwaddr(const char *name, uint8_t mac[6]);
 unsigned int tw_if_nametoindex(const char *name);
 
 // ---- AF_PACKET, for tests and tools that inject or capture frames on an interface ----
@@ -91,8 +83,6 @@ int tw_memfd_create(const char *name, unsigned int flags);
 int tw_accept_cloexec(int listener);
 /// MFD_CLOEXEC
 enum { TW_MFD_CLOEXEC = 1 };
-int tw_set_pdeathsig(int sig);
-int tw_set_keepcaps(int on);
 
 // ---- memory ordering on guest-shared memory ---------------------------------------
 // The guest writes rings concurrently; these loads/stores are single, untorn accesses
