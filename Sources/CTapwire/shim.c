@@ -168,3 +168,97 @@ ssize_t tw_packet_send(int fd, int ifindex, const void *frame, size_t len) {
     addr.sll_halen = 6;
     return sendto(fd, frame, len, 0, (struct sockaddr *)&addr, sizeof addr);
 }
+
+// ---- io_uring ----------------------------------------------------------------------
+
+#include <linux/io_uring.h>
+#include <sys/syscall.h>
+
+_Static_assert(sizeof(tw_uring_sqe) == sizeof(struct io_uring_sqe), "sqe mirror is the kernel's size");
+_Static_assert(offsetof(tw_uring_sqe, fd) == offsetof(struct io_uring_sqe, fd), "sqe fd");
+_Static_assert(offsetof(tw_uring_sqe, off) == offsetof(struct io_uring_sqe, off), "sqe off");
+_Static_assert(offsetof(tw_uring_sqe, addr) == offsetof(struct io_uring_sqe, addr), "sqe addr");
+_Static_assert(offsetof(tw_uring_sqe, len) == offsetof(struct io_uring_sqe, len), "sqe len");
+_Static_assert(offsetof(tw_uring_sqe, rw_flags) == offsetof(struct io_uring_sqe, rw_flags), "sqe rw_flags");
+_Static_assert(offsetof(tw_uring_sqe, user_data) == offsetof(struct io_uring_sqe, user_data), "sqe user_data");
+_Static_assert(sizeof(tw_uring_cqe) == sizeof(struct io_uring_cqe), "cqe mirror is the kernel's size");
+_Static_assert(offsetof(tw_uring_cqe, res) == offsetof(struct io_uring_cqe, res), "cqe res");
+_Static_assert(TW_IORING_OP_READV == IORING_OP_READV && TW_IORING_OP_WRITEV == IORING_OP_WRITEV, "opcodes");
+_Static_assert(TW_IOSQE_FIXED_FILE == IOSQE_FIXED_FILE, "fixed-file flag");
+
+int tw_uring_open(tw_uring *ring, unsigned entries) {
+    memset(ring, 0, sizeof *ring);
+    ring->fd = -1;
+    struct io_uring_params params;
+    memset(&params, 0, sizeof params);
+    int fd = (int)syscall(__NR_io_uring_setup, entries, &params);
+    if (fd < 0) return -errno;
+    // Only rings whose completion queue shares the submission mapping (5.4+); older kernels
+    // take the writev path.
+    if (!(params.features & IORING_FEAT_SINGLE_MMAP)) {
+        close(fd);
+        return -ENOSYS;
+    }
+    size_t sq_len = params.sq_off.array + params.sq_entries * sizeof(unsigned);
+    size_t cq_len = params.cq_off.cqes + params.cq_entries * sizeof(struct io_uring_cqe);
+    size_t ring_len = sq_len > cq_len ? sq_len : cq_len;
+    void *map = mmap(NULL, ring_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    if (map == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    size_t sqes_len = params.sq_entries * sizeof(struct io_uring_sqe);
+    void *sqes = mmap(NULL, sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (sqes == MAP_FAILED) {
+        int e = errno;
+        munmap(map, ring_len);
+        close(fd);
+        return -e;
+    }
+    char *base = map;
+    ring->fd = fd;
+    ring->sq_entries = params.sq_entries;
+    ring->cq_entries = params.cq_entries;
+    ring->sq_mask = *(unsigned *)(base + params.sq_off.ring_mask);
+    ring->cq_mask = *(unsigned *)(base + params.cq_off.ring_mask);
+    ring->sq_head = (unsigned *)(base + params.sq_off.head);
+    ring->sq_tail = (unsigned *)(base + params.sq_off.tail);
+    ring->cq_head = (unsigned *)(base + params.cq_off.head);
+    ring->cq_tail = (unsigned *)(base + params.cq_off.tail);
+    ring->cqes = (tw_uring_cqe *)(base + params.cq_off.cqes);
+    ring->sqes = sqes;
+    ring->ring_map = map;
+    ring->ring_map_len = ring_len;
+    ring->sqes_len = sqes_len;
+    ring->sq_next = *ring->sq_tail;
+    // Slot i of the indirection array always names entry i: entries are used in order.
+    unsigned *array = (unsigned *)(base + params.sq_off.array);
+    for (unsigned i = 0; i < params.sq_entries; i++) array[i] = i;
+    return 0;
+}
+
+void tw_uring_close(tw_uring *ring) {
+    if (ring->fd < 0) return;
+    munmap(ring->sqes, ring->sqes_len);
+    munmap(ring->ring_map, ring->ring_map_len);
+    close(ring->fd);
+    ring->fd = -1;
+}
+
+int tw_uring_register_files(tw_uring *ring, const int *fds, unsigned count) {
+    if (syscall(__NR_io_uring_register, ring->fd, IORING_REGISTER_FILES, fds, count) < 0) return -errno;
+    return 0;
+}
+
+int tw_uring_submit_and_wait(tw_uring *ring, unsigned wait_nr) {
+    unsigned to_submit = ring->sq_next - *ring->sq_tail;
+    __atomic_store_n(ring->sq_tail, ring->sq_next, __ATOMIC_RELEASE);
+    for (;;) {
+        long n = syscall(__NR_io_uring_enter, ring->fd, to_submit, wait_nr, wait_nr ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
+        if (n >= 0) return (int)n;
+        // Interrupted while waiting: what was submitted stays submitted; wait again for the rest.
+        if (errno != EINTR) return -errno;
+        to_submit = 0;
+    }
+}

@@ -11,6 +11,9 @@ public final class Tap: @unchecked Sendable {
     public let queues: [Descriptor]
     public private(set) var vnetHeaderSize: Int
     public private(set) var offloadFlags: UInt32 = 0
+    /// One io_uring per queue, its queue registered as fixed file 0, for batched writes; empty
+    /// until `enableBatchedWrites`, and where io_uring is unavailable.
+    public private(set) var writeRings: [IOUring] = []
 
     public enum OpenError: Error, CustomStringConvertible, Sendable {
         case noTunDevice(SystemError)
@@ -56,6 +59,18 @@ public final class Tap: @unchecked Sendable {
         self.queues = opened
         self.vnetHeaderSize = vnetHeaderSize
         try setVnetHeaderSize(vnetHeaderSize)
+    }
+
+    /// Sets up an io_uring per queue so a batch of frames goes to the TAP in one syscall.
+    /// Throws (and leaves none set up) where io_uring is missing or disabled.
+    public func enableBatchedWrites(entries: Int) throws(SystemError) {
+        var rings = [IOUring]()
+        for queue in queues {
+            let ring = try IOUring(entries: entries)
+            try ring.registerFiles([queue])
+            rings.append(ring)
+        }
+        writeRings = rings
     }
 
     public func setVnetHeaderSize(_ size: Int) throws(OpenError) {

@@ -57,6 +57,9 @@ public struct TapwireCommand: ParsableCommand {
     @Option(name: .long, help: "After a guest transmit burst, poll again after this many microseconds before asking for kicks (0: ask at once).")
     var txPoll: Int = 300
 
+    @Option(name: .long, help: "How guest transmit reaches the TAP: io-uring (a batch of frames per syscall), writev (one syscall per frame), or auto (io-uring where the kernel allows it).")
+    var tapIo: TapIOMode = .auto
+
     @Option(name: .long, help: "Guest transmit bandwidth: RATE[,burst=SIZE][,one-time-burst=SIZE], e.g. 100Mbit.")
     var txBandwidth: String?
     @Option(name: .long, help: "Guest receive bandwidth, same form as --tx-bandwidth.")
@@ -164,6 +167,13 @@ public struct TapwireCommand: ParsableCommand {
                                    txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll)
         }
     }
+}
+
+/// `--tap-io`: how transmit batches reach the TAP.
+enum TapIOMode: String, ExpressibleByArgument, CaseIterable {
+    case auto
+    case ioUring = "io-uring"
+    case writev
 }
 
 func parseMAC(_ text: String) -> [UInt8]? {

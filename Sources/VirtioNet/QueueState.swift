@@ -85,10 +85,13 @@ public final class QueueState {
 
     /// Reused for every chain of this queue; points into guest memory.
     public let vectors = IOVectorBuffer(capacity: 1024)
-    /// Chains taken for a mergeable receive but not yet filled.
+    /// Receive: chains taken for a mergeable receive but not yet filled. Transmit: the batch
+    /// whose writes are in flight.
     let pending = UnsafeMutablePointer<PendingChain>.allocate(capacity: 1024)
     var limiter: DirectionLimiter
     var throttledSince: UInt64 = 0
+    /// Transmit only: the TAP queue's io_uring, when writes go out in batches.
+    var writeRing: IOUring?
     /// Cached raw call fd for the packet path (-1 when none).
     var callFD: Int32 = -1
     /// Counts chains taken for receive, to tell whether unfilled ones can be given back.
@@ -146,9 +149,12 @@ public final class QueueState {
     }
 }
 
+/// A chain taken from the ring and not yet returned: on receive, waiting to be filled; on
+/// transmit, its write in flight (capacity is then the frame's length).
 struct PendingChain {
     var head: UInt16
     var capacity: UInt32
     var firstVector: Int
-    var popSequence: UInt64
+    var popSequence: UInt64 = 0
+    var vectorCount: Int = 0
 }

@@ -17,13 +17,15 @@ final class RunningBackend: @unchecked Sendable {
     let tap: Tap?
     private let done = DispatchSemaphore(value: 0)
 
-    init(tapName: String? = nil, config: NetDeviceConfig = NetDeviceConfig()) throws {
+    /// `batchedWrites`: transmit through io_uring, as the daemon does by default (`--tap-io auto`).
+    init(tapName: String? = nil, config: NetDeviceConfig = NetDeviceConfig(), batchedWrites: Bool = true) throws {
         socketPath = "/tmp/tapwire-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         var logger = Logger(label: "tapwire-test")
         logger.logLevel = ProcessInfo.processInfo.environment["TAPWIRE_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
         if let tapName {
             let opened = try Tap(name: tapName, queueCount: config.queuePairs)
             try opened.setUp()
+            if batchedWrites { try opened.enableBatchedWrites(entries: 64) }
             tap = opened
         } else {
             tap = nil

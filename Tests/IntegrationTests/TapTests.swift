@@ -10,11 +10,12 @@ import VhostUserFrontend
 /// With a real TAP: frames the test frontend posts appear on the TAP, and frames the host
 /// sends through the TAP land in the guest's receive buffers.
 @Suite(.serialized) struct TapTests {
-    @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))
-    func guestTransmitAppearsOnTheTap() throws {
-        let name = uniqueTapName("tx")
-        let backend = try RunningBackend(tapName: name)
+    @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"), arguments: [true, false])
+    func guestTransmitAppearsOnTheTap(batchedWrites: Bool) throws {
+        let name = uniqueTapName(batchedWrites ? "txb" : "txw")
+        let backend = try RunningBackend(tapName: name, batchedWrites: batchedWrites)
         defer { backend.stop() }
+        #expect(backend.onLoop { $0.device.batchedTapWrites } == batchedWrites, "transmit takes the path under test")
         let capture = try PacketSocket(interface: name)
         let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
         try fe.start()
@@ -37,6 +38,49 @@ import VhostUserFrontend
         let captured = capture.receive(count: 32) { $0.count >= 14 && $0[12] == 0x88 && $0[13] == 0xB5 }
         #expect(captured == sent, "the TAP saw exactly the frames, in order")
         #expect((interfaceStatistic(name, "rx_packets") ?? 0) - rxBefore >= 32)
+    }
+
+    /// A burst longer than one io_uring batch, with a chain of so many segments that it cannot
+    /// share the iovec buffer with the batch before it: every frame still reaches the TAP
+    /// whole and in order, and every chain comes back.
+    @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"), arguments: [true, false])
+    func transmitBurstsCrossBatchesInOrder(batchedWrites: Bool) throws {
+        let name = uniqueTapName(batchedWrites ? "tbb" : "tbw")
+        let backend = try RunningBackend(tapName: name, batchedWrites: batchedWrites)
+        defer { backend.stop() }
+        let capture = try PacketSocket(interface: name)
+        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
+        try fe.start(queueSize: 1024)
+        let tx = try #require(fe.queues[1])
+        var sent = [[UInt8]]()
+        func post(_ frame: [UInt8], segment: Int) {
+            let header = fe.arena.allocate(12)
+            fe.arena.write(plainHeader, at: header)
+            var buffers = [DriverBuffer(address: header, length: 12, writable: false)]
+            var offset = 0
+            while offset < frame.count {
+                let piece = Array(frame[offset..<min(offset + segment, frame.count)])
+                let address = fe.arena.allocate(piece.count, alignment: 1)
+                fe.arena.write(piece, at: address)
+                buffers.append(DriverBuffer(address: address, length: UInt32(piece.count), writable: false))
+                offset += piece.count
+            }
+            #expect(tx.driver.postIndirect(buffers) != nil)
+            sent.append(frame)
+        }
+        // 8 frames of 61 segments (488 iovecs), then one of 601: it does not fit beside them.
+        for i in 0..<8 { post(testFrame(length: 600, seed: UInt8(i)), segment: 10) }
+        post(testFrame(length: 600, seed: 8), segment: 1)
+        // Then 150 small frames: more than two full batches.
+        for i in 0..<150 { post(testFrame(length: 60 + i, seed: UInt8(9 + i)), segment: 2048) }
+        tx.notify()
+        #expect(tx.waitForUsed(count: sent.count, timeoutMilliseconds: 5000).count == sent.count)
+        let captured = capture.receive(count: sent.count) { $0.count >= 14 && $0[12] == 0x88 && $0[13] == 0xB5 }
+        #expect(captured.count == sent.count)
+        #expect(captured == sent, "the TAP saw exactly the frames, in order")
+        let stats = backend.stats(queue: 1)
+        #expect(stats.frames == UInt64(sent.count))
+        #expect(stats.totalDrops == 0)
     }
 
     @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))

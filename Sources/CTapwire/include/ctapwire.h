@@ -104,6 +104,103 @@ static inline void tw_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_C
 static inline void tw_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 static inline void tw_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 
+// ---- io_uring, for batching TAP writes ----------------------------------------------
+// Only the part of the ABI the packet path uses, mirrored here so Swift can fill entries
+// inline (linux/io_uring.h does not import cleanly next to Glibc); shim.c checks the
+// layout against the kernel's header.
+
+/// One submission entry (struct io_uring_sqe, 64 bytes).
+typedef struct {
+    uint8_t opcode;
+    uint8_t flags;
+    uint16_t ioprio;
+    int32_t fd;
+    uint64_t off;
+    uint64_t addr;
+    uint32_t len;
+    uint32_t rw_flags;
+    uint64_t user_data;
+    uint64_t reserved[3];
+} tw_uring_sqe;
+
+/// One completion entry (struct io_uring_cqe without the big-CQE tail, 16 bytes).
+typedef struct {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+} tw_uring_cqe;
+
+enum {
+    TW_IORING_OP_READV = 1,
+    TW_IORING_OP_WRITEV = 2,
+    TW_IOSQE_FIXED_FILE = 1,
+};
+
+/// A mapped ring. `sq_next` is the tail we fill before submitting (the kernel sees it at
+/// submit); head pointers are the kernel's. Rings are single-threaded: one owner thread.
+typedef struct {
+    int fd;
+    unsigned sq_entries;
+    unsigned cq_entries;
+    unsigned sq_mask;
+    unsigned cq_mask;
+    unsigned sq_next;
+    unsigned *sq_head;
+    unsigned *sq_tail;
+    unsigned *cq_head;
+    unsigned *cq_tail;
+    tw_uring_sqe *sqes;
+    tw_uring_cqe *cqes;
+    void *ring_map;
+    size_t ring_map_len;
+    void *cq_map;
+    size_t cq_map_len;
+    size_t sqes_len;
+} tw_uring;
+
+/// io_uring_setup + the three mappings; 0 or -errno (ENOSYS: no io_uring; EPERM: disabled by
+/// kernel.io_uring_disabled or a seccomp filter). On failure nothing is left open.
+int tw_uring_open(tw_uring *ring, unsigned entries);
+void tw_uring_close(tw_uring *ring);
+/// IORING_REGISTER_FILES: fixed-file index i is fds[i]. 0 or -errno.
+int tw_uring_register_files(tw_uring *ring, const int *fds, unsigned count);
+/// Publishes the entries filled since the last call and waits for `wait_nr` completions.
+/// Returns the number submitted or -errno.
+int tw_uring_submit_and_wait(tw_uring *ring, unsigned wait_nr);
+
+/// Entries free for filling now.
+static inline unsigned tw_uring_sq_space(const tw_uring *ring) {
+    return ring->sq_entries - (ring->sq_next - __atomic_load_n(ring->sq_head, __ATOMIC_ACQUIRE));
+}
+
+/// Fills the next submission entry with a readv or writev of `count` iovecs on fixed file
+/// `file_index`. The caller checked tw_uring_sq_space first.
+static inline void tw_uring_prep_rw(tw_uring *ring, uint8_t opcode, int file_index, const struct iovec *iov,
+                                    unsigned count, uint64_t user_data) {
+    tw_uring_sqe *sqe = &ring->sqes[ring->sq_next & ring->sq_mask];
+    sqe->opcode = opcode;
+    sqe->flags = TW_IOSQE_FIXED_FILE;
+    sqe->ioprio = 0;
+    sqe->fd = file_index;
+    sqe->off = (uint64_t)-1; // current position: required for a stream such as the TAP
+    sqe->addr = (uint64_t)(uintptr_t)iov;
+    sqe->len = count;
+    sqe->rw_flags = 0;
+    sqe->user_data = user_data;
+    sqe->reserved[0] = sqe->reserved[1] = sqe->reserved[2] = 0;
+    ring->sq_next++;
+}
+
+/// The oldest unread completion, or NULL; `tw_uring_cq_advance` releases it.
+static inline const tw_uring_cqe *tw_uring_peek(const tw_uring *ring) {
+    unsigned head = *ring->cq_head;
+    if (head == __atomic_load_n(ring->cq_tail, __ATOMIC_ACQUIRE)) return NULL;
+    return &ring->cqes[head & ring->cq_mask];
+}
+static inline void tw_uring_cq_advance(tw_uring *ring) {
+    __atomic_store_n(ring->cq_head, *ring->cq_head + 1, __ATOMIC_RELEASE);
+}
+
 // ---- wire structs (little-endian host, natural alignment, sizes checked) ----------
 
 /// vhost-user message header.
