@@ -30,7 +30,9 @@
 # On a machine busy with other work use --nice -19 (see below); BENCH_DEBUG=1 logs raw counters.
 #
 # Usage: Tools/bench-dpdk.sh [--seconds N] [--warmup S] [--rows abcd] [--wait-quiet N] [--nice N]
-#                            [--inject-cpu N] [--tapwire BIN] [--perf BIN]
+#                            [--inject-cpu N] [--tapwire BIN] [--perf BIN] [--tapwire-args "ARGS"]
+# --tapwire-args adds options to every tapwire run, e.g. "--tap-io writev" to measure the
+# one-writev-per-frame path instead of io_uring batches.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -47,6 +49,7 @@ TXQUEUELEN=${TXQUEUELEN:-10000}
 # its own scheduler autogroup, with the same nice: with autogroups (the default) plain nice only
 # ranks processes within one session and would not help against other sessions' load.
 NICE=()
+TAPWIRE_ARGS=()
 TAP=twb0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -59,6 +62,7 @@ while (($#)); do
         --inject-cpu) INJECT_CPU=$2; shift 2 ;;
         --tapwire) TAPWIRE=$2; shift 2 ;;
         --perf) PERF=$2; shift 2 ;;
+        --tapwire-args) read -r -a TAPWIRE_ARGS <<<"$2"; shift 2 ;;
         --wait-quiet) WAIT_QUIET=$2; shift 2 ;;
         --nice) tw_set_nice "$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -142,7 +146,7 @@ start_backend() {
         local args=(--tap "$TAP")
         [[ $mode == sink ]] && args=(--sink)
         # taskset and `ip netns exec` exec: the pid is tapwire's.
-        tw_spawn "$log" "${NICE[@]}" taskset -c 1 ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --api-socket "$API" "${args[@]}"
+        tw_spawn "$log" "${NICE[@]}" taskset -c 1 ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --api-socket "$API" "${args[@]}" "${TAPWIRE_ARGS[@]}"
     else
         local vdevs=(--vdev "net_vhost0,iface=$SOCK") fwd=rxonly
         [[ $mode == tap ]] && { vdevs+=(--vdev "net_tap0,iface=$TAP"); fwd=io; }
