@@ -48,7 +48,7 @@ let package = Package(
                                                    .product(name: "NIOHTTP1", package: "swift-nio"),
                                                    .product(name: "Logging", package: "swift-log")]),
         // Daemon wiring: options, config file, privileges, event loop.
-        .target(name: "TapwireDaemon", dependencies: ["CCapNG", "SystemCalls", "VhostUser", "VirtioNet",
+        .target(name: "TapwireDaemon", dependencies: ["CCapNG", "SystemCalls", "VhostUser", "Virtqueue", "VirtioNet",
                                                       "TapDevice", "RateLimiter", "ControlAPI",
                                                       .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Logging", package: "swift-log")]),

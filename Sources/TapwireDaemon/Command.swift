@@ -57,6 +57,9 @@ public struct TapwireCommand: ParsableCommand {
     @Option(name: .long, help: "After a guest transmit burst, poll again after this many microseconds before asking for kicks (0: ask at once).")
     var txPoll: Int = 300
 
+    @Option(name: .long, help: "Keep polling the rings and the TAP for this many microseconds after any traffic instead of sleeping, with guest kicks off (0: event-driven). Lowers latency at the cost of CPU.")
+    var busyPoll: Int = 0
+
     @Option(name: .long, help: "How guest transmit reaches the TAP: io-uring (a batch of frames per syscall), writev (one syscall per frame), or auto (io-uring where the kernel allows it).")
     var tapIo: TapIOMode = .auto
 
@@ -95,6 +98,7 @@ public struct TapwireCommand: ParsableCommand {
         }
         if client && socketPath == nil { throw ValidationError("--client needs --socket-path (the frontend's socket)") }
         guard (1...128).contains(queues) else { throw ValidationError("--queues must be between 1 and 128, not \(queues)") }
+        guard (0...1_000_000).contains(busyPoll) else { throw ValidationError("--busy-poll must be between 0 and 1000000 microseconds, not \(busyPoll)") }
         guard (0...100_000).contains(txPoll) else { throw ValidationError("--tx-poll must be between 0 and 100000 microseconds, not \(txPoll)") }
         if let mtu, !(68...65535).contains(mtu) { throw ValidationError("--mtu must be between 68 and 65535, not \(mtu)") }
         if let mac, parseMAC(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
@@ -164,7 +168,7 @@ public struct TapwireCommand: ParsableCommand {
             case .failure(let e): throw ValidationError("\(e)")
             }
             return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(parseMAC), mtu: mtu,
-                                   txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll)
+                                   txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll, busyPollMicroseconds: busyPoll)
         }
     }
 }

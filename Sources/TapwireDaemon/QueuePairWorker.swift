@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import Logging
 import SystemCalls
+import Virtqueue
 import VirtioNet
 
 /// One queue pair's data path on its own thread and epoll: the pair's kick eventfds, its TAP
@@ -31,12 +32,18 @@ final class QueuePairWorker: @unchecked Sendable {
     private var tapInterest = false
     /// The receive queue waits for a kick (no buffers) or its timer (throttled).
     private var rxWaiting = false
+    /// Of those, waiting for buffers (what busy polling looks for in the ring itself).
+    private var rxNeedsBuffers = false
+    /// While busy polling: until when (monotonic ns) to keep polling; 0 when not polling.
+    private var pollUntil: UInt64 = 0
     private var needsService = [false, false]
     private var anyNeedsService = false
     private var running = true
     private let finished = DispatchSemaphore(value: 0)
     /// After a transmit burst, look again this much later before asking for kicks (0: never).
     private var transmitPollNanoseconds: UInt64 { UInt64(device.config.transmitPollMicroseconds) * 1000 }
+    /// `--busy-poll`: how long to keep polling after the last frame moved (0: never poll).
+    private var busyPollNanoseconds: UInt64 { UInt64(device.config.busyPollMicroseconds) * 1000 }
 
     init(pair: Int, device: NetDevice, logger: Logger) throws(SystemError) {
         self.pair = pair
@@ -69,11 +76,54 @@ final class QueuePairWorker: @unchecked Sendable {
     private func run() throws(SystemError) {
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: 16)
         defer { events.deallocate() }
+        let busyPoll = busyPollNanoseconds
         while running {
-            let count = try epoll.wait(into: events, timeoutMilliseconds: anyNeedsService ? 0 : -1)
+            let polling = pollUntil != 0
+            let count = try epoll.wait(into: events, timeoutMilliseconds: anyNeedsService || polling ? 0 : -1)
             for i in 0..<count { dispatch(token: events[i].data.u64) }
-            if anyNeedsService && running { service() }
+            if polling { lookForWork() }
+            if anyNeedsService && running {
+                let moved = framesMoved
+                service()
+                if busyPoll > 0 && framesMoved != moved { pollUntil = monotonicNanoseconds() &+ busyPoll }
+            }
+            if polling && monotonicNanoseconds() >= pollUntil { stopPolling() }
         }
+    }
+
+    // MARK: - Busy polling
+
+    private var framesMoved: UInt64 {
+        device.queues[queueIndex(0)].stats.frames &+ device.queues[queueIndex(1)].stats.frames
+    }
+
+    /// Polling: a guest that posts without kicking (kicks are off) is seen in its rings.
+    private func lookForWork() {
+        let tx = device.queues[queueIndex(1)]
+        if let ring = tx.ring, tx.fault == nil, ringHasWork(ring) { mark(1) }
+        let rx = device.queues[queueIndex(0)]
+        if rxNeedsBuffers, let ring = rx.ring, rx.fault == nil, ringHasWork(ring) {
+            rxWaiting = false
+            rxNeedsBuffers = false
+            mark(0)
+            updateTapInterest()
+        }
+    }
+
+    private func ringHasWork(_ ring: SplitQueue) -> Bool {
+        // A broken avail index counts as work: the service call reports and stops the queue.
+        guard let pending = try? ring.pendingCount() else { return true }
+        return pending > 0
+    }
+
+    /// The poll window closed without traffic: ask for transmit kicks again (taking whatever
+    /// slipped in meanwhile) and sleep until an event.
+    private func stopPolling() {
+        pollUntil = 0
+        let moved = framesMoved
+        let now = monotonicNanoseconds()
+        handle(slot: 1, device.serviceTransmit(pair: pair, now: now, holdKicks: false))
+        if framesMoved != moved { pollUntil = now &+ busyPollNanoseconds }
     }
 
     private func dispatch(token: UInt64) {
@@ -83,13 +133,13 @@ final class QueuePairWorker: @unchecked Sendable {
             EventFD.drain(registeredKicks[slot])
             device.queues[queueIndex(slot)].stats.kicks &+= 1
             mark(slot)
-            if slot == 0 { rxWaiting = false; updateTapInterest() }
+            if slot == 0 { rxWaiting = false; rxNeedsBuffers = false; updateTapInterest() }
         case Token.tap:
             mark(0)
         case Token.timer:
             TimerFD.drain(timers[slot].raw)
             mark(slot)
-            if slot == 0 { rxWaiting = false; updateTapInterest() }
+            if slot == 0 { rxWaiting = false; rxNeedsBuffers = false; updateTapInterest() }
         case Token.mailbox:
             mailbox.runPending(self)
         default:
@@ -106,30 +156,38 @@ final class QueuePairWorker: @unchecked Sendable {
     private func service() {
         anyNeedsService = false
         let now = monotonicNanoseconds()
+        // Busy polling keeps transmit kicks off: the ring is looked at anyway.
+        let holdKicks = transmitPollNanoseconds > 0 || busyPollNanoseconds > 0
         for slot in 0..<2 where needsService[slot] {
             needsService[slot] = false
-            let outcome = slot == 0 ? device.serviceReceive(pair: pair, now: now)
-                                    : device.serviceTransmit(pair: pair, now: now, holdKicks: transmitPollNanoseconds > 0)
-            switch outcome {
-            case .idle:
-                break
-            case .drained:
-                TimerFD.arm(timers[1].raw, afterNanoseconds: transmitPollNanoseconds)
-            case .moreWork:
-                mark(slot)
-            case .needBuffers:
-                rxWaiting = true
-                updateTapInterest()
-            case .throttled(let nanoseconds):
-                TimerFD.arm(timers[slot].raw, afterNanoseconds: nanoseconds)
-                if slot == 0 {
-                    rxWaiting = true
-                    updateTapInterest()
-                }
-            }
-            // A queue the guest broke is no longer watched.
-            if device.queues[queueIndex(slot)].fault != nil { reconcile() }
+            handle(slot: slot, slot == 0 ? device.serviceReceive(pair: pair, now: now)
+                                         : device.serviceTransmit(pair: pair, now: now, holdKicks: holdKicks))
         }
+    }
+
+    private func handle(slot: Int, _ outcome: ServiceOutcome) {
+        switch outcome {
+        case .idle:
+            break
+        case .drained:
+            // Kicks are off: come back by timer, unless polling brings us back anyway.
+            if pollUntil == 0 { TimerFD.arm(timers[1].raw, afterNanoseconds: max(transmitPollNanoseconds, 1000)) }
+        case .moreWork:
+            mark(slot)
+        case .needBuffers:
+            rxWaiting = true
+            rxNeedsBuffers = true
+            updateTapInterest()
+        case .throttled(let nanoseconds):
+            TimerFD.arm(timers[slot].raw, afterNanoseconds: nanoseconds)
+            if slot == 0 {
+                rxWaiting = true
+                rxNeedsBuffers = false
+                updateTapInterest()
+            }
+        }
+        // A queue the guest broke is no longer watched.
+        if device.queues[queueIndex(slot)].fault != nil { reconcile() }
     }
 
     // MARK: - Called on this thread, or by the control thread while parked
@@ -155,7 +213,7 @@ final class QueuePairWorker: @unchecked Sendable {
             if queue.isRunning {
                 // Work may already be waiting (a restart, or a kick sent before we watched).
                 mark(slot)
-                if slot == 0 { rxWaiting = false }
+                if slot == 0 { rxWaiting = false; rxNeedsBuffers = false }
             }
         }
         updateTapInterest()
@@ -165,6 +223,7 @@ final class QueuePairWorker: @unchecked Sendable {
     func resetTimers() {
         for timer in timers { TimerFD.disarm(timer.raw) }
         rxWaiting = false
+        rxNeedsBuffers = false
         for slot in 0..<2 where device.queues[queueIndex(slot)].isRunning { mark(slot) }
         updateTapInterest()
     }

@@ -23,10 +23,13 @@ public struct NetDeviceConfig: Sendable {
     /// guest for kicks again (0: ask at once). Under load the guest then keeps posting
     /// without exiting to kick for every frame, which is what costs a TCG guest most.
     public var transmitPollMicroseconds: Int
+    /// After any work, a queue pair's thread keeps polling its rings and TAP for this long
+    /// with kicks off instead of sleeping (0: event-driven). Trades a core for latency.
+    public var busyPollMicroseconds: Int
 
     public init(queuePairs: Int = 1, offloads: Offload? = nil, mac: [UInt8]? = nil, mtu: Int? = nil,
                 txLimits: DirectionLimits = DirectionLimits(), rxLimits: DirectionLimits = DirectionLimits(),
-                batchBudget: Int = 256, transmitPollMicroseconds: Int = 300) {
+                batchBudget: Int = 256, transmitPollMicroseconds: Int = 300, busyPollMicroseconds: Int = 0) {
         self.queuePairs = queuePairs
         self.offloads = offloads
         self.mac = mac
@@ -35,6 +38,7 @@ public struct NetDeviceConfig: Sendable {
         self.rxLimits = rxLimits
         self.batchBudget = batchBudget
         self.transmitPollMicroseconds = transmitPollMicroseconds
+        self.busyPollMicroseconds = busyPollMicroseconds
     }
 }
 
