@@ -82,12 +82,11 @@ summary=$(awk -F, '
             if (p == 100) mallocMax[test] = $col["value"]
             mallocMean[test] = $col["test_average"]
         }
-        if (metric == "Retains") retainMean[test] = $col["test_average"]
         if (metric ~ /^Time\(wallclock\)/ && p == 50) wallP50[test] = $col["value"]
     }
     END {
         for (t in seen)
-            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, frames[t], mallocMin[t], mallocMax[t], mallocMean[t], retainMean[t], wallP50[t]
+            printf "%s\t%s\t%s\t%s\t%s\t%s\n", t, frames[t], mallocMin[t], mallocMax[t], mallocMean[t], wallP50[t]
     }' "$csv")
 
 row() { awk -F'\t' -v t="$1" '$1 == t' <<<"$summary"; }
@@ -96,10 +95,10 @@ baseline="baseline: empty measured region"
 control="control: one allocation"
 hot_paths=("guest transmit to sink" "guest transmit to TAP by io_uring" "guest transmit to TAP by writev" "host to guest from TAP")
 
-table_row() { printf '%-34s %11s %13s %14s %14s %11s\n' "$@"; }
+table_row() { printf '%-34s %11s %13s %14s %11s\n' "$@"; }
 echo
-table_row benchmark frames/iter mallocs/iter mallocs/frame retains/frame ns/frame
-table_row "(steady state, warm-up excluded)" "" "mean (max)" "" "(info)" "p50 (info)"
+table_row benchmark frames/iter mallocs/iter mallocs/frame ns/frame
+table_row "(steady state, warm-up excluded)" "" "mean (max)" "" "p50 (info)"
 failures=()
 for name in "$baseline" "$control" "${hot_paths[@]}"; do
     line=$(row "$name")
@@ -107,11 +106,10 @@ for name in "$baseline" "$control" "${hot_paths[@]}"; do
         failures+=("$name: did not run")
         continue
     fi
-    IFS=$'\t' read -r _ frames malloc_min malloc_max malloc_mean retain_mean wall_p50 <<<"$line"
+    IFS=$'\t' read -r _ frames malloc_min malloc_max malloc_mean wall_p50 <<<"$line"
     per_frame=$(awk -v m="$malloc_mean" -v f="$frames" 'BEGIN { if (f > 0) printf "%.4g", m / f; else print "-" }')
-    retains=$(awk -v r="$retain_mean" -v f="$frames" 'BEGIN { if (f > 0 && r != "") printf "%.3f", r / f; else print "-" }')
     ns=$(awk -v w="$wall_p50" -v f="$frames" 'BEGIN { if (f > 0) printf "%.0f", w / f; else print "-" }')
-    table_row "$name" "$frames" "$(printf '%g (%s)' "$malloc_mean" "$malloc_max")" "$per_frame" "$retains" "$ns"
+    table_row "$name" "$frames" "$(printf '%g (%s)' "$malloc_mean" "$malloc_max")" "$per_frame" "$ns"
     case $name in
         "$baseline")
             [[ $malloc_max == 0 ]] || failures+=("$name: the measurement itself allocates ($malloc_max per iteration)") ;;
@@ -128,12 +126,13 @@ echo
 
 if ((${#failures[@]})); then
     for failure in "${failures[@]}"; do tw_warn "$failure"; done
-    # Where: the same benchmark again with every allocation's stack recorded (file:line).
+    # Where: the same benchmark again with every allocation's stack recorded (file:line; the
+    # symlinked sources shown under Sources/).
     for name in "${hot_paths[@]}"; do
         [[ $(row "$name" | cut -f4) =~ ^[1-9] ]] || continue
         tw_log "allocation stacks of '$name':"
         run_in_namespace --filter "$name" --allocation-stacks --allocation-stack-limit 5 --allocation-stack-depth 24 2>&1 |
-            tee -a "$log" | sed -n '/^Allocation stacks/,$p' >&2 || true
+            tee -a "$log" | sed -n '/^Allocation stacks/,$p' | sed 's#Tools/Benchmarks/Tapwire/#Sources/#' >&2 || true
     done
     tw_die "${#failures[@]} check(s) failed"
 fi

@@ -26,8 +26,10 @@ final class BenchmarkState {
 
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
-        // Retains and releases are informational: counted per iteration, not gated.
-        metrics: [.mallocCountTotal, .mallocBytesCount, .retainCount, .releaseCount, .wallClock, framesMetric],
+        // No retain/release counts: on Linux with Swift 6.3 the runtime's retain hook they need
+        // can crash the process (ordo-one/benchmark#349, swiftlang/swift#87696); the fix, the
+        // RuntimeInterposer trait, needs a package the mirror does not have.
+        metrics: [.mallocCountTotal, .mallocBytesCount, .wallClock, framesMetric],
         timeUnits: .microseconds,
         // Enough for every first-time initialisation (lazy globals, page faults in the rings).
         warmupIterations: 64,
