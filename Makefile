@@ -4,7 +4,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 RELEASE_BIN := .build/release/tapwire
 
-.PHONY: all deps build release test unit e2e demo fuzz fuzz-smoke sanitizers soak bench clean
+.PHONY: all deps build release test unit e2e demo fuzz fuzz-smoke sanitizers soak bench bench-alloc clean
 FUZZ_SECONDS ?= 600
 
 all: build
@@ -67,13 +67,20 @@ sanitizers: deps
 	Tools/sanitizers.sh all --serial
 
 # Benchmarks (figures, not pass/fail): DPDK's vhost+TAP path against tapwire under the same
-# DPDK frontend, latency, the limiter's cost, and a real guest against QEMU's own TAP backend.
-bench: release
+# DPDK frontend, latency, the limiter's cost, and a real guest against QEMU's own TAP backend;
+# first the allocation count of the packet path, which does fail if a frame allocates.
+bench: release bench-alloc
 	Tools/install-deps.sh --bench
 	Tools/bench-dpdk.sh --nice -19
 	Tools/latency.sh --nice -19
 	Tools/ratelimit-check.sh --nice -19
 	Tools/guest-bench.sh --rounds 3
+
+# Mallocs per frame on the packet path (Tools/Benchmarks, ordo-one/benchmark): guest transmit
+# to the sink and to a TAP (io_uring and writev), host to guest from the TAP. Fails if any
+# steady-state iteration allocates. In a private network namespace; needs root.
+bench-alloc: deps
+	Tools/bench-alloc.sh
 
 # About ten minutes of connect/traffic/disconnect cycles against one tapwire.
 soak: release
