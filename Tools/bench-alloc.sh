@@ -54,7 +54,7 @@ run_in_namespace() {
     # shellcheck disable=SC2016 # $1 belongs to the inner sh
     tw_interruptible unshare --net -- sh -c '
         ip link set lo up &&
-        sysctl -qw net.ipv6.conf.default.disable_ipv6=1 &&
+        { [ ! -w /proc/sys/net/ipv6/conf/default/disable_ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6; } &&
         cd "$1" && shift &&
         exec swift package --disable-sandbox benchmark --no-progress "$@"' sh "$bench_dir" "$@"
 }
