@@ -185,6 +185,7 @@ _Static_assert(sizeof(tw_uring_cqe) == sizeof(struct io_uring_cqe), "cqe mirror 
 _Static_assert(offsetof(tw_uring_cqe, res) == offsetof(struct io_uring_cqe, res), "cqe res");
 _Static_assert(TW_IORING_OP_READV == IORING_OP_READV && TW_IORING_OP_WRITEV == IORING_OP_WRITEV, "opcodes");
 _Static_assert(TW_IOSQE_FIXED_FILE == IOSQE_FIXED_FILE, "fixed-file flag");
+_Static_assert(TW_RWF_NOWAIT == RWF_NOWAIT, "RWF_NOWAIT");
 
 int tw_uring_open(tw_uring *ring, unsigned entries) {
     memset(ring, 0, sizeof *ring);

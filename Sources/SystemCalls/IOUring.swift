@@ -9,7 +9,9 @@ import CTapwire
 /// Single-threaded: whoever owns it fills, submits and reaps on one thread.
 public final class IOUring {
     // The C struct needs a stable address: the kernel's mapped pointers live in it.
-    private let ring: UnsafeMutablePointer<tw_uring>
+    // @usableFromInline so the per-frame calls inline into the datapath's module (a call
+    // across modules would retain the ring object around every frame).
+    @usableFromInline let ring: UnsafeMutablePointer<tw_uring>
     public let entries: Int
     /// Descriptors registered as fixed files, kept open as long as the ring may use them.
     private var registered: [Descriptor] = []
@@ -42,18 +44,18 @@ public final class IOUring {
     }
 
     /// Slots free for `prepare` before the next `submitAndWait`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public var freeSlots: Int { Int(tw_uring_sq_space(ring)) }
 
     /// Fills the next slot with a writev of `count` iovecs to fixed file `fileIndex`. The
     /// iovecs and the bytes they describe must stay valid until the completion is reaped.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func prepareWritev(fileIndex: Int32, _ vectors: UnsafePointer<iovec>, count: Int, tag: UInt64) {
         tw_uring_prep_rw(ring, UInt8(TW_IORING_OP_WRITEV), fileIndex, vectors, UInt32(count), tag)
     }
 
     /// Fills the next slot with a readv; see `prepareWritev`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func prepareReadv(fileIndex: Int32, _ vectors: UnsafePointer<iovec>, count: Int, tag: UInt64) {
         tw_uring_prep_rw(ring, UInt8(TW_IORING_OP_READV), fileIndex, vectors, UInt32(count), tag)
     }
@@ -61,7 +63,7 @@ public final class IOUring {
     /// Submits everything prepared and waits until `waitFor` completions are ready (a signal
     /// can end the wait early: reap what is there and call again for the rest). Returns the
     /// number submitted or -errno.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func submitAndWait(_ waitFor: Int) -> Int {
         Int(tw_uring_submit_and_wait(ring, UInt32(waitFor)))
     }
@@ -72,7 +74,7 @@ public final class IOUring {
     }
 
     /// The oldest completion not yet reaped: its tag and its result (bytes, or -errno).
-    @inline(__always)
+    @inlinable @inline(__always)
     public func reap() -> (tag: UInt64, result: Int32)? {
         guard let completion = tw_uring_peek(ring) else { return nil }
         let reaped = (completion.pointee.user_data, completion.pointee.res)

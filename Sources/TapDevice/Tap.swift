@@ -11,9 +11,10 @@ public final class Tap: @unchecked Sendable {
     public let queues: [Descriptor]
     public private(set) var vnetHeaderSize: Int
     public private(set) var offloadFlags: UInt32 = 0
-    /// One io_uring per queue, its queue registered as fixed file 0, for batched writes; empty
-    /// until `enableBatchedWrites`, and where io_uring is unavailable.
-    public private(set) var writeRings: [IOUring] = []
+    /// One io_uring per queue, its queue registered as fixed file 0, for batched reads and
+    /// writes (one thread serves a queue); empty until `enableBatchedIO`, and where io_uring
+    /// is unavailable.
+    public private(set) var ioRings: [IOUring] = []
 
     public enum OpenError: Error, CustomStringConvertible, Sendable {
         case noTunDevice(SystemError)
@@ -61,16 +62,17 @@ public final class Tap: @unchecked Sendable {
         try setVnetHeaderSize(vnetHeaderSize)
     }
 
-    /// Sets up an io_uring per queue so a batch of frames goes to the TAP in one syscall.
+    /// Sets up an io_uring per queue so a batch of frames goes to (or comes from) the TAP in
+    /// one syscall.
     /// Throws (and leaves none set up) where io_uring is missing or disabled.
-    public func enableBatchedWrites(entries: Int) throws(SystemError) {
+    public func enableBatchedIO(entries: Int) throws(SystemError) {
         var rings = [IOUring]()
         for queue in queues {
             let ring = try IOUring(entries: entries)
             try ring.registerFiles([queue])
             rings.append(ring)
         }
-        writeRings = rings
+        ioRings = rings
     }
 
     public func setVnetHeaderSize(_ size: Int) throws(OpenError) {

@@ -60,7 +60,7 @@ public struct TapwireCommand: ParsableCommand {
     @Option(name: .long, help: "Keep polling the rings and the TAP for this many microseconds after any traffic instead of sleeping, with guest kicks off (0: event-driven). Lowers latency at the cost of CPU.")
     var busyPoll: Int = 0
 
-    @Option(name: .long, help: "How guest transmit reaches the TAP: io-uring (a batch of frames per syscall), writev (one syscall per frame), or auto (io-uring where the kernel allows it).")
+    @Option(name: .long, help: "How frames go to and from the TAP: io-uring (a batch of frames per syscall), writev (one readv/writev per frame), or auto (io-uring where the kernel allows it).")
     var tapIo: TapIOMode = .auto
 
     @Option(name: .long, help: "Guest transmit bandwidth: RATE[,burst=SIZE][,one-time-burst=SIZE], e.g. 100Mbit.")

@@ -17,8 +17,8 @@ struct Daemon {
             let opened = try Tap(name: name, queueCount: config.queuePairs)
             if let mtu = config.mtu { try opened.setMTU(mtu) }
             do { try opened.setUp() } catch { logger.warning("\(error) (bring it up yourself)") }
-            try enableBatchedWrites(opened)
-            logger.info("TAP \(opened.name) ready with \(opened.queues.count) queue(s), transmit by \(opened.writeRings.isEmpty ? "writev" : "io_uring")")
+            try enableBatchedIO(opened)
+            logger.info("TAP \(opened.name) ready with \(opened.queues.count) queue(s), frames in \(opened.ioRings.isEmpty ? "one readv/writev each" : "io_uring batches")")
             tap = opened
         } else {
             logger.info("sink mode: guest transmit is dropped, nothing is received")
@@ -40,17 +40,17 @@ struct Daemon {
     }
 
     /// `--tap-io`: io_uring when asked (failing if it cannot be had) or when available (auto).
-    private func enableBatchedWrites(_ tap: Tap) throws {
+    private func enableBatchedIO(_ tap: Tap) throws {
         switch command.tapIo {
         case .writev:
             return
         case .ioUring:
-            do { try tap.enableBatchedWrites(entries: 64) } catch {
+            do { try tap.enableBatchedIO(entries: 64) } catch {
                 throw TapIOFailure(description: "--tap-io io-uring: \(error) (is io_uring disabled by sysctl kernel.io_uring_disabled or a seccomp filter? --tap-io writev works without it)")
             }
         case .auto:
-            do { try tap.enableBatchedWrites(entries: 64) } catch {
-                logger.notice("io_uring unavailable (\(error)); transmit uses one writev per frame")
+            do { try tap.enableBatchedIO(entries: 64) } catch {
+                logger.notice("io_uring unavailable (\(error)); one readv/writev per frame")
             }
         }
     }

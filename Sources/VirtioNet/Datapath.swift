@@ -25,6 +25,9 @@ let maxTransmitChainBytes: UInt64 = 65536 + 256
 /// Frames per io_uring submission on transmit (at most 64: completions are tracked in a UInt64).
 let transmitBatchLimit = 64
 
+/// Largest batch of TAP reads per io_uring submission on receive.
+let receiveBatchLimit = 64
+
 /// Within a batch, completions are published (and the guest signalled if it asked) after this
 /// many bytes or frames (a power of two), so the guest works in parallel with us.
 let publishEveryBytes = 64 * 1024
@@ -38,8 +41,8 @@ extension NetDevice {
         let queue = queues[2 * pair + 1]
         guard let ring = queue.ring, queue.fault == nil else { return .idle }
         let tapFD = tap?.queues[pair].raw ?? -1
-        let writeRing = queue.writeRing
-        let batchLimit = min(writeRing?.entries ?? 1, transmitBatchLimit)
+        let tapRing = queue.tapRing
+        let batchLimit = min(tapRing?.entries ?? 1, transmitBatchLimit)
         let vectors = queue.vectors
         let inFlight = queue.pending
         let headerSize = self.headerSize
@@ -113,8 +116,8 @@ extension NetDevice {
                     continue
                 }
                 let vectorCount = vectors.count - chain.firstVector
-                if let writeRing {
-                    writeRing.prepareWritev(fileIndex: 0, vectors.vectors + chain.firstVector, count: vectorCount, tag: UInt64(batched))
+                if let tapRing {
+                    tapRing.prepareWritev(fileIndex: 0, vectors.vectors + chain.firstVector, count: vectorCount, tag: UInt64(batched))
                     inFlight[batched] = PendingChain(head: chain.head, capacity: UInt32(frameBytes), firstVector: chain.firstVector,
                                                      vectorCount: vectorCount)
                     batched += 1
@@ -158,12 +161,13 @@ extension NetDevice {
     /// their chains. Chains are returned only once the kernel has finished with their buffers.
     private func sendTransmitBatch(_ queue: QueueState, _ ring: SplitQueue, count: Int, tapFD: Int32, completed: inout Int,
                                    unpublishedBytes: inout Int) {
-        guard let writeRing = queue.writeRing else { return }
+        guard let tapRing = queue.tapRing else { return }
         let inFlight = queue.pending
-        let submitted = writeRing.submitAndWait(count)
+        let submitted = tapRing.submitAndWait(count)
+        queue.stats.tapBatches &+= 1
         if submitted < 0 {
             // Nothing reached the kernel (it could not take the batch): one writev each instead.
-            writeRing.discardPrepared()
+            tapRing.discardPrepared()
             for i in 0..<count {
                 let entry = inFlight[i]
                 let written = VectorIO.writev(tapFD, queue.vectors.vectors + entry.firstVector, count: entry.vectorCount)
@@ -175,15 +179,15 @@ extension NetDevice {
         var pending = count
         var reaped: UInt64 = 0 // bit i: tag i is done (a batch is at most 64)
         while pending > 0 {
-            guard let (tag, result) = writeRing.reap() else {
+            guard let (tag, result) = tapRing.reap() else {
                 // A signal ended the wait before every write finished: wait for the rest.
-                let waited = writeRing.submitAndWait(pending)
+                let waited = tapRing.submitAndWait(pending)
                 if waited < 0 {
                     // Not seen with a live ring. If it happens the ring is given up (closing it
                     // settles what it still holds), writes go out one writev at a time from
                     // now on, and the rest of this batch is returned so the guest does not wait.
                     logger.error("queue \(queue.index): waiting for TAP writes failed (\(String(cString: strerror(Int32(-waited))))); using writev from now on")
-                    queue.writeRing = nil
+                    dropTapRing(pair: queue.pair)
                     for i in 0..<count where reaped & (1 << UInt64(i)) == 0 {
                         let entry = inFlight[i]
                         completeTransmit(queue, ring, head: entry.head, frameBytes: Int(entry.capacity), error: EIO,
@@ -226,6 +230,10 @@ extension NetDevice {
     public func serviceReceive(pair: Int, now: UInt64) -> ServiceOutcome {
         let queue = queues[2 * pair]
         guard let ring = queue.ring, queue.fault == nil, queue.enabled, let tap else { return .idle }
+        // Batches do not mix with the limiter: it charges per frame read, and a batch would
+        // overshoot it by up to a batch of frames.
+        if let tapRing = queue.tapRing, queue.limiter.isUnlimited,
+           let outcome = receiveBatches(queue, ring, tapRing) { return outcome }
         let tapFD = tap.queues[pair].raw
         let vectors = queue.vectors
         let pending = queue.pending
@@ -335,6 +343,150 @@ extension NetDevice {
         queue.signalGuest()
         endThrottleIfNeeded(queue, now: now, throttled: outcome)
         return outcome
+    }
+
+    /// Receive through io_uring, a batch of reads per syscall, for guests whose buffers each
+    /// hold the largest frame the TAP can hand over: then each read gets one chain and none is
+    /// left half used. Returns nil (with everything so far published) when the next chain is
+    /// smaller: the per-frame path gathers several chains for a frame.
+    private func receiveBatches(_ queue: QueueState, _ ring: SplitQueue, _ tapRing: IOUring) -> ServiceOutcome? {
+        let vectors = queue.vectors
+        let slots = queue.pending
+        let needed = UInt64(rxFrameCapacityNeeded)
+        var frames = 0
+        var unpublishedBytes = 0
+        var outcome = ServiceOutcome.idle
+        var smallerChain = false
+        do {
+            while true {
+                if frames >= config.batchBudget { outcome = .moreWork; break }
+                vectors.removeAll()
+                var count = 0
+                let wanted = min(queue.receiveBatch, config.batchBudget - frames, tapRing.freeSlots)
+                while count < wanted {
+                    guard let chain = try ring.popChain(into: vectors, writable: true, maxBytes: UInt64(UInt32.max)) else { break }
+                    if let fault = chain.fault {
+                        // Refused chains are returned at once, so only with an empty batch: the
+                        // batch's unfilled chains must stay the last ones taken (they go back).
+                        if count > 0 { ring.undoPop(); break }
+                        noteBadChain(queue, fault)
+                        ring.addUsed(head: chain.head, length: 0)
+                        continue
+                    }
+                    guard chain.bytes >= needed else {
+                        ring.undoPop()
+                        smallerChain = true
+                        break
+                    }
+                    let vectorCount = vectors.count - chain.firstVector
+                    tapRing.prepareReadv(fileIndex: 0, vectors.vectors + chain.firstVector, count: vectorCount, tag: UInt64(count))
+                    slots[count] = PendingChain(head: chain.head, capacity: UInt32(clamping: chain.bytes), firstVector: chain.firstVector,
+                                                vectorCount: vectorCount, result: .min)
+                    count += 1
+                }
+                if count == 0 {
+                    if !smallerChain { outcome = .needBuffers }
+                    break
+                }
+                let filled = readBatch(queue, ring, tapRing, count: count, frames: &frames, unpublishedBytes: &unpublishedBytes)
+                // Grow the batch while the TAP fills it; shrink it to what came when it did not.
+                queue.receiveBatch = filled == count ? min(count * 2, receiveBatchLimit) : max(filled, 1)
+                if filled < count {
+                    smallerChain = false // the TAP is empty: nothing for the per-frame path either
+                    break
+                }
+                if smallerChain { break }
+            }
+        } catch {
+            failQueue(queue, "\(error)")
+            return .idle
+        }
+        vectors.removeAll()
+        if smallerChain {
+            queue.signalGuest()
+            return nil
+        }
+        if outcome == .needBuffers {
+            // Ask for a kick when buffers arrive, unless some already did.
+            if (try? ring.enableKicks()) == true && frames < config.batchBudget { outcome = .moreWork }
+        } else {
+            ring.updateAvailEvent()
+        }
+        queue.signalGuest()
+        return outcome
+    }
+
+    /// Submits the `count` reads prepared in `tapRing` and returns the frames to the guest;
+    /// chains left unfilled (the TAP ran dry) go back to the ring. Returns how many were filled.
+    private func readBatch(_ queue: QueueState, _ ring: SplitQueue, _ tapRing: IOUring, count: Int, frames: inout Int,
+                           unpublishedBytes: inout Int) -> Int {
+        let slots = queue.pending
+        let vectors = queue.vectors
+        queue.stats.tapBatches &+= 1
+        if tapRing.submitAndWait(count) < 0 {
+            // Nothing reached the kernel: give every chain back, read one by one from now on.
+            tapRing.discardPrepared()
+            ring.undoPop(UInt16(count))
+            dropTapRing(pair: queue.pair)
+            return 0
+        }
+        var pending = count
+        while pending > 0 {
+            guard let (tag, result) = tapRing.reap() else {
+                // A signal ended the wait early: wait for the rest.
+                if tapRing.submitAndWait(pending) < 0 {
+                    logger.error("queue \(queue.index): waiting for TAP reads failed; reading one frame at a time from now on")
+                    dropTapRing(pair: queue.pair)
+                    for i in 0..<count where slots[i].result == Int.min { slots[i].result = -Int(EIO) }
+                    break
+                }
+                continue
+            }
+            pending -= 1
+            slots[Int(tag)].result = Int(result)
+        }
+        var filled = 0
+        for slot in 0..<count {
+            let result = slots[slot].result
+            if result < 0 {
+                if result != -Int(EAGAIN) {
+                    queue.stats.drop(.tapError)
+                    noteTapError(queue, Int32(-result))
+                }
+                continue
+            }
+            var length = result
+            if filled != slot {
+                // A frame arrived while the batch ran, after a read had found the TAP empty:
+                // move it into the earlier chain so the unfilled chains are the last ones taken.
+                length = vectors.copy(result, from: slots[slot].firstVector, count: slots[slot].vectorCount,
+                                      to: slots[filled].firstVector, count: slots[filled].vectorCount)
+            }
+            let chain = slots[filled]
+            filled += 1
+            frames += 1
+            ring.addUsed(head: chain.head, length: UInt32(length))
+            if headerSize == 12 {
+                var one: UInt16 = 1
+                withUnsafeBytes(of: &one) { vectors.write($0, at: 10, startingAt: chain.firstVector) }
+            }
+            if length < headerSize || length < result {
+                queue.stats.drop(.truncated)
+                continue
+            }
+            queue.stats.frames &+= 1
+            queue.stats.bytes &+= UInt64(length - headerSize)
+            queue.publishIfDue(&unpublishedBytes, adding: length, frames: frames)
+        }
+        if filled < count { ring.undoPop(UInt16(count - filled)) }
+        return filled
+    }
+
+    /// Gives up the pair's io_uring (closing it settles whatever it still held): its queues
+    /// read and write one frame per syscall from now on.
+    func dropTapRing(pair: Int) {
+        queues[2 * pair].tapRing = nil
+        queues[2 * pair + 1].tapRing = nil
     }
 
     // MARK: - Accounting and rate-limited logging

@@ -92,8 +92,12 @@ public final class NetDevice {
         queues = (0..<(2 * config.queuePairs)).map { index in
             QueueState(index: index, limits: index % 2 == 0 ? config.rxLimits : config.txLimits, now: now)
         }
-        if let tap, tap.writeRings.count == config.queuePairs {
-            for pair in 0..<config.queuePairs { queues[2 * pair + 1].writeRing = tap.writeRings[pair] }
+        if let tap, tap.ioRings.count == config.queuePairs {
+            // A pair's two queues share its ring: one thread serves both, a batch at a time.
+            for pair in 0..<config.queuePairs {
+                queues[2 * pair].tapRing = tap.ioRings[pair]
+                queues[2 * pair + 1].tapRing = tap.ioRings[pair]
+            }
         }
         configSpace = [UInt8](repeating: 0, count: 24)
         buildConfigSpace()
@@ -113,8 +117,8 @@ public final class NetDevice {
 
     public var protocolFeaturesNegotiated: Bool { ackedFeatures & NetFeature.protocolFeatures != 0 }
     public var replyAckNegotiated: Bool { ackedProtocolFeatures & ProtocolFeature.replyAck.mask != 0 }
-    /// Whether transmit batches go to the TAP through io_uring (else one writev per frame).
-    public var batchedTapWrites: Bool { queues.count > 1 && queues[1].writeRing != nil }
+    /// Whether TAP reads and writes go in io_uring batches (else one readv/writev per frame).
+    public var batchedTapIO: Bool { queues.count > 1 && queues[1].tapRing != nil }
     public var mergeableRxBuffers: Bool { ackedFeatures & NetFeature.mergeableRxBuffers != 0 }
 
     /// virtio_net_config: mac, status, max_virtqueue_pairs, mtu, speed, duplex.

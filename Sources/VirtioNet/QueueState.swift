@@ -27,6 +27,8 @@ public struct QueueStats: Sendable, Equatable, Codable {
     public var bytes: UInt64 = 0
     public var kicks: UInt64 = 0
     public var interrupts: UInt64 = 0
+    /// io_uring submissions to the TAP (frames / tapBatches is the batch size reached).
+    public var tapBatches: UInt64 = 0
     public var throttledEvents: UInt64 = 0
     public var throttledNanoseconds: UInt64 = 0
     public var dropBadChain: UInt64 = 0
@@ -90,8 +92,10 @@ public final class QueueState {
     let pending = UnsafeMutablePointer<PendingChain>.allocate(capacity: 1024)
     var limiter: DirectionLimiter
     var throttledSince: UInt64 = 0
-    /// Transmit only: the TAP queue's io_uring, when writes go out in batches.
-    var writeRing: IOUring?
+    /// The TAP queue's io_uring, when reads and writes go in batches (shared by the pair).
+    var tapRing: IOUring?
+    /// Receive: reads to put in the next io_uring batch (grows while the TAP fills them).
+    var receiveBatch = 1
     /// Cached raw call fd for the packet path (-1 when none).
     var callFD: Int32 = -1
     /// Counts chains taken for receive, to tell whether unfilled ones can be given back.
@@ -157,4 +161,6 @@ struct PendingChain {
     var firstVector: Int
     var popSequence: UInt64 = 0
     var vectorCount: Int = 0
+    /// Batched receive: what the read returned (bytes or -errno).
+    var result: Int = 0
 }

@@ -76,4 +76,28 @@ public final class IOVectorBuffer {
         }
         return copied
     }
+
+    /// Copies `byteCount` bytes from the buffer described by entries `source..<source+sourceCount`
+    /// into the one described by `destination..<destination+destinationCount`; returns how many
+    /// fit. The two may overlap (a guest can point two chains at the same memory).
+    public func copy(_ byteCount: Int, from source: Int, count sourceCount: Int, to destination: Int, count destinationCount: Int) -> Int {
+        var copied = 0
+        var s = source, sOffset = 0
+        var d = destination, dOffset = 0
+        while copied < byteCount && s < source + sourceCount && d < destination + destinationCount {
+            let from = vectors[s], to = vectors[d]
+            let n = min(byteCount - copied, from.iov_len - sOffset, to.iov_len - dOffset)
+            if n > 0 {
+                // SAFETY: both iovecs point into mapped guest regions of iov_len bytes and the
+                // offsets stay below iov_len; copyMemory is a memmove, so overlap is fine.
+                (to.iov_base! + dOffset).copyMemory(from: from.iov_base! + sOffset, byteCount: n)
+            }
+            copied += n
+            sOffset += n
+            dOffset += n
+            if sOffset == from.iov_len { s += 1; sOffset = 0 }
+            if dOffset == to.iov_len { d += 1; dOffset = 0 }
+        }
+        return copied
+    }
 }

@@ -25,7 +25,7 @@ final class RunningBackend: @unchecked Sendable {
         if let tapName {
             let opened = try Tap(name: tapName, queueCount: config.queuePairs)
             try opened.setUp()
-            if batchedWrites { try opened.enableBatchedWrites(entries: 64) }
+            if batchedWrites { try opened.enableBatchedIO(entries: 64) }
             tap = opened
         } else {
             tap = nil

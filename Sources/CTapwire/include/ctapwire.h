@@ -134,6 +134,7 @@ enum {
     TW_IORING_OP_READV = 1,
     TW_IORING_OP_WRITEV = 2,
     TW_IOSQE_FIXED_FILE = 1,
+    TW_RWF_NOWAIT = 0x08,
 };
 
 /// A mapped ring. `sq_next` is the tail we fill before submitting (the kernel sees it at
@@ -174,7 +175,9 @@ static inline unsigned tw_uring_sq_space(const tw_uring *ring) {
 }
 
 /// Fills the next submission entry with a readv or writev of `count` iovecs on fixed file
-/// `file_index`. The caller checked tw_uring_sq_space first.
+/// `file_index`, with RWF_NOWAIT: without it io_uring would not return EAGAIN from an empty
+/// TAP (O_NONBLOCK or not) but wait for a frame, and so would the submitter. The caller
+/// checked tw_uring_sq_space first.
 static inline void tw_uring_prep_rw(tw_uring *ring, uint8_t opcode, int file_index, const struct iovec *iov,
                                     unsigned count, uint64_t user_data) {
     tw_uring_sqe *sqe = &ring->sqes[ring->sq_next & ring->sq_mask];
@@ -185,7 +188,7 @@ static inline void tw_uring_prep_rw(tw_uring *ring, uint8_t opcode, int file_ind
     sqe->off = (uint64_t)-1; // current position: required for a stream such as the TAP
     sqe->addr = (uint64_t)(uintptr_t)iov;
     sqe->len = count;
-    sqe->rw_flags = 0;
+    sqe->rw_flags = TW_RWF_NOWAIT;
     sqe->user_data = user_data;
     sqe->reserved[0] = sqe->reserved[1] = sqe->reserved[2] = 0;
     ring->sq_next++;
