@@ -33,6 +33,8 @@ test: deps
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@echo "== the suites under AddressSanitizer and ThreadSanitizer"
 	@$(MAKE) --no-print-directory sanitizers
+	@echo "== no allocation on the packet path (malloc counts per frame, steady state)"
+	@$(MAKE) --no-print-directory bench-alloc
 	@$(MAKE) --no-print-directory release
 	@echo "== real guest through tapwire (ping and iperf3 both ways)"
 	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 4

@@ -95,9 +95,10 @@ row() { awk -F'\t' -v t="$1" '$1 == t' <<<"$summary"; }
 baseline="baseline: empty measured region"
 control="control: one allocation"
 hot_paths=("guest transmit to sink" "guest transmit to TAP in io-uring mode" "guest transmit to TAP in writev mode"
-    "host to guest from TAP in io-uring mode" "host to guest from TAP in writev mode")
+    "host to guest from TAP in io-uring mode" "host to guest in io-uring batches (no guest GSO)"
+    "host to guest from TAP in writev mode")
 
-table_row() { printf '%-40s %11s %13s %14s %11s\n' "$@"; }
+table_row() { printf '%-48s %11s %13s %14s %11s\n' "$@"; }
 echo
 table_row benchmark frames/iter mallocs/iter mallocs/frame ns/frame
 table_row "(steady state, warm-up excluded)" "" "mean (max)" "" "p50 (info)"

@@ -46,8 +46,14 @@ final class DeviceUnderTest {
     private let receiveBuffers: UInt64
     private let transmitFrames: UInt64
 
-    init(tap: Tap?, receiveRingSize: UInt16 = 1024, transmitRingSize: UInt16 = 256) throws {
+    /// Whether the guest acks the guest GSO offloads (TSO/UFO/USO): with them a frame may be
+    /// 64 KiB and needs several 2 KiB buffers; without them each buffer holds a whole frame
+    /// and receive reads go in io_uring batches.
+    let guestGSO: Bool
+
+    init(tap: Tap?, guestGSO: Bool = true, receiveRingSize: UInt16 = 1024, transmitRingSize: UInt16 = 256) throws {
         self.tap = tap
+        self.guestGSO = guestGSO
         var logger = Logger(label: "tapwire-bench")
         logger.logLevel = .warning
         let memoryBytes = 8 << 20
@@ -98,10 +104,14 @@ final class DeviceUnderTest {
     }
 
     /// What QEMU sends at start-up: every offered feature acked (mergeable buffers, event idx,
-    /// indirect, offloads), the memory table, then each queue's size, base, addresses, call and
+    /// indirect, offloads; guest GSO only if `guestGSO`), the memory table, then each queue's size, base, addresses, call and
     /// kick, and enable.
     private func negotiate() throws {
-        let features = try u64(reply(.getFeatures, "GET_FEATURES"))
+        var features = try u64(reply(.getFeatures, "GET_FEATURES"))
+        if !guestGSO {
+            features &= ~(NetFeature.guestTSO4 | NetFeature.guestTSO6 | NetFeature.guestECN | NetFeature.guestUFO
+                | NetFeature.guestUSO4 | NetFeature.guestUSO6)
+        }
         try expectDone(.setFeatures(features), "SET_FEATURES")
         let protocolFeatures = try u64(reply(.getProtocolFeatures, "GET_PROTOCOL_FEATURES"))
         let wanted = [ProtocolFeature.multiqueue, .replyAck, .netMTU, .configureMemSlots].reduce(UInt64(0)) { $0 | $1.mask }
