@@ -34,7 +34,11 @@ start_tapwire() { # start_tapwire TAG [--client]
     tw_spawn "$TMP/tapwire-$1.log" ip netns exec "$NS" "$BIN" --socket-path "$SOCK" --tap tw0 --name reconnect ${2:-}
     TAPWIRE_PID=$TW_SPAWNED_PID
     [[ ${2:-} == --client ]] && return 0
-    tw_wait_until 20 "$TAPWIRE_PID" "tapwire's socket" tw_is_socket "$SOCK" || tw_die "tapwire did not start ($TMP/tapwire-$1.log)"
+    # Its own log line, not the socket: a killed predecessor leaves its socket file behind.
+    if ! tw_wait_until 20 "$TAPWIRE_PID" "tapwire to listen" tw_log_has "$TMP/tapwire-$1.log" "listening on"; then
+        tw_tail_log "$TMP/tapwire-$1.log" 20 "tapwire log"
+        tw_die "tapwire did not start ($TMP/tapwire-$1.log)"
+    fi
 }
 CHARDEV_MODE=reconnect=1
 tw_at_exit 'tw_stop "$TAPWIRE_PID" 5'

@@ -28,7 +28,8 @@ public final class Tap: @unchecked Sendable {
             case .setIFF(let name, let e):
                 let hint = e.errno == EPERM
                     ? " (creating a TAP needs CAP_NET_ADMIN; or create it once with `ip tuntap add dev \(name) mode tap vnet_hdr user USER` and run as USER)"
-                    : e.errno == EINVAL ? " (does \(name) exist with other flags, e.g. without vnet_hdr or multi_queue?)" : ""
+                    : e.errno == EINVAL ? " (does \(name) exist with other flags, e.g. without vnet_hdr or multi_queue?)"
+                    : e.errno == EBUSY ? " (another process, e.g. another tapwire or a QEMU with -netdev tap, holds it)" : ""
                 return "TUNSETIFF \(name): \(e)\(hint)"
             case .configure(let what, let e): return "\(what): \(e)"
             case .badName(let name): return "TAP name '\(name)' must be 1 to 15 characters"
@@ -36,8 +37,9 @@ public final class Tap: @unchecked Sendable {
         }
     }
 
-    /// Opens (creating if needed) `name` with `queueCount` queues.
-    public init(name: String, queueCount: Int = 1, vnetHeaderSize: Int = 12) throws(OpenError) {
+    /// Opens (creating if needed) `name` with `queueCount` queues. A queue still held by
+    /// another descriptor is waited for up to `busyWaitMilliseconds`.
+    public init(name: String, queueCount: Int = 1, vnetHeaderSize: Int = 12, busyWaitMilliseconds: Int = 5000) throws(OpenError) {
         guard !name.isEmpty, name.utf8.count < 16 else { throw .badName(name) }
         var flags = TW_IFF_TAP | TW_IFF_NO_PI | TW_IFF_VNET_HDR
         if queueCount > 1 { flags |= TW_IFF_MULTI_QUEUE }
@@ -50,8 +52,17 @@ public final class Tap: @unchecked Sendable {
             let descriptor = Descriptor(taking: fd)
             var nameBuffer = [CChar](repeating: 0, count: 16)
             for (i, byte) in actualName.utf8.enumerated() { nameBuffer[i] = CChar(bitPattern: byte) }
-            if tw_tun_set_iff(fd, &nameBuffer, Int32(flags)) < 0 {
-                throw .setIFF(name: actualName, SystemError("TUNSETIFF", errno: Glibc.errno))
+            // EBUSY: another descriptor still holds the queue. After a restart that is often our
+            // predecessor: the kernel closes a killed process's io_uring (which holds the TAP
+            // open) a moment after the process is gone. Wait for it a little.
+            var waited = 0
+            while tw_tun_set_iff(fd, &nameBuffer, Int32(flags)) < 0 {
+                let code = Glibc.errno
+                guard code == EBUSY, waited < busyWaitMilliseconds else {
+                    throw .setIFF(name: actualName, SystemError("TUNSETIFF", errno: code))
+                }
+                usleep(20_000)
+                waited += 20
             }
             actualName = String(cString: nameBuffer)
             opened.append(descriptor)

@@ -1,4 +1,5 @@
 import Testing
+import Foundation
 import Glibc
 import CTapwire
 import SystemCalls
@@ -177,6 +178,28 @@ import VhostUserFrontend
             if Array(bytes[12...]) == late { sawLate = true }
         }
         #expect(sawLate)
+    }
+
+    /// A restarted tapwire may find its TAP still held for a moment (a killed predecessor's
+    /// io_uring is closed by the kernel after the process is gone): it waits, then attaches;
+    /// and names the problem if the holder never lets go.
+    @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))
+    func aTapStillHeldIsWaitedFor() throws {
+        let name = uniqueTapName("busy")
+        let holder = try Tap(name: name)
+        do {
+            _ = try Tap(name: name, busyWaitMilliseconds: 100)
+            Issue.record("a second open of a held single-queue TAP succeeded")
+        } catch {
+            #expect("\(error)".contains("Device or resource busy") && "\(error)".contains("holds it"), "\(error)")
+        }
+        let released = Thread { usleep(300_000); holder.queues[0].close() }
+        released.start()
+        let start = monotonicNanoseconds()
+        let second = try Tap(name: name, busyWaitMilliseconds: 3000)
+        let waited = (monotonicNanoseconds() - start) / 1_000_000
+        #expect(second.name == name)
+        #expect(waited >= 200 && waited < 3000, "waited \(waited) ms for the holder")
     }
 
     @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))
