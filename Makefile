@@ -89,4 +89,4 @@ soak: release
 	Tools/soak.sh --cycles 400 --minutes 10
 
 clean:
-	rm -rf .build .build-*
+	rm -rf .build .build-* Tools/Benchmarks/.build
