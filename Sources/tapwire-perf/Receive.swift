@@ -13,14 +13,7 @@ struct Receive: ParsableCommand {
         offered (as a Linux guest does) and counts a frame per num_buffers chains.
         """)
 
-    @Option(help: "The backend's vhost-user socket.")
-    var socket: String
-
-    @Option(help: "Seconds to measure (after --warmup).")
-    var duration: Double = 5
-
-    @Option(help: "Seconds to receive before the measurement window starts.")
-    var warmup: Double = 0
+    @OptionGroup var measurement: MeasurementWindow
 
     @Flag(help: "Negotiate MRG_RXBUF and the guest offloads (frames may span buffers).")
     var mergeable = false
@@ -37,12 +30,9 @@ struct Receive: ParsableCommand {
     @Flag(help: "Spin on the used ring instead of sleeping on the call eventfd.")
     var busyPoll = false
 
-    @Flag(help: "Print one JSON object on stdout.")
-    var json = false
 
     func validate() throws {
         if bufferSize < 64 || bufferSize > 1 << 20 { throw ValidationError("--buffer-size must be between 64 and 1048576") }
-        if duration <= 0 || warmup < 0 { throw ValidationError("--duration must be positive and --warmup not negative") }
     }
 
     func run() throws {
@@ -50,7 +40,7 @@ struct Receive: ParsableCommand {
         let size = Int(queueSize)
         let slotBytes = (bufferSize + 63) & ~63
         let wanted: UInt64 = mergeable ? ~0 : ~(Feature.mergeableRxBuffers | Feature.guestLargeReceive)
-        let (frontend, features) = try connectFrontend(socket: socket, memoryBytes: arenaBytes(payloadBytes: size * slotBytes),
+        let (frontend, features) = try connectFrontend(socket: measurement.socket, memoryBytes: arenaBytes(payloadBytes: size * slotBytes),
                                                        wanted: wanted, queueSize: queueSize)
         let headerSize = Feature.headerSize(features)
         let merged = features & Feature.mergeableRxBuffers != 0
@@ -73,8 +63,8 @@ struct Receive: ParsableCommand {
         var frames: UInt64 = 0, bytes: UInt64 = 0, chains: UInt64 = 0, empty: UInt64 = 0, sleeps: UInt64 = 0
         var remainingInFrame = 0
         let start = now()
-        let windowStart = start + UInt64(warmup * 1e9)
-        let end = windowStart + UInt64(duration * 1e9)
+        let windowStart = start + UInt64(measurement.warmup * 1e9)
+        let end = windowStart + UInt64(measurement.duration * 1e9)
         var windowOpened = false
         var window = (t: start, frames: UInt64(0), bytes: UInt64(0))
         var windowEnd = window
@@ -153,7 +143,7 @@ struct Receive: ParsableCommand {
             out.add("tap_tx_packets", d.txPackets)
             out.add("tap_tx_dropped", d.txDropped)
         }
-        if json {
+        if measurement.json {
             print(out.text)
         } else {
             print("receive: \(merged ? "mergeable" : "one buffer per frame"), \(bufferSize)-byte buffers, queue \(size)")

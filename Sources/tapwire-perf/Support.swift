@@ -174,3 +174,23 @@ func requireInterface(_ name: String) throws -> InterfaceCounters {
     }
     return counters
 }
+
+/// What `transmit` and `receive` share: where the backend is, the measurement window, and
+/// the output form.
+struct MeasurementWindow: ParsableArguments {
+    @Option(help: "The backend's vhost-user socket.")
+    var socket: String
+
+    @Option(help: "Seconds to measure (after --warmup).")
+    var duration: Double = 5
+
+    @Option(help: "Seconds of traffic before the measurement window starts (fills caches and, with a rate limit, spends the initial full bucket).")
+    var warmup: Double = 0
+
+    @Flag(help: "Print one JSON object on stdout.")
+    var json = false
+
+    func validate() throws {
+        if duration <= 0 || warmup < 0 { throw ValidationError("--duration must be positive and --warmup not negative") }
+    }
+}

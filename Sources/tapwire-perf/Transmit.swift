@@ -18,8 +18,7 @@ struct Transmit: ParsableCommand {
           ip netns exec ns1 tapwire-perf transmit --socket /tmp/vm.sock --tso --tap tw0 --warmup 1 --json
         """)
 
-    @Option(help: "The backend's vhost-user socket.")
-    var socket: String
+    @OptionGroup var measurement: MeasurementWindow
 
     @Option(help: "Frame size in bytes without the 12-byte virtio-net header (EtherType 0x88B5, broadcast).")
     var frameSize: Int = 1514
@@ -33,11 +32,6 @@ struct Transmit: ParsableCommand {
     @Option(help: "MSS of the TSO frames (gso_size).")
     var mss: Int = 1448
 
-    @Option(help: "Seconds to measure (after --warmup).")
-    var duration: Double = 5
-
-    @Option(help: "Seconds to send before the measurement window starts (the rate limiter's initial full bucket, caches).")
-    var warmup: Double = 0
 
     @Option(help: "Virtqueue size (a power of two); every descriptor carries one frame.")
     var queueSize: UInt16 = 256
@@ -51,8 +45,6 @@ struct Transmit: ParsableCommand {
     @Option(help: "Seconds to wait for the last chains to come back used.")
     var drainTimeout: Double = 30
 
-    @Flag(help: "Print one JSON object on stdout.")
-    var json = false
 
     func validate() throws {
         if !tso && (frameSize < Frames.minimumPlainLength || frameSize > 65535) {
@@ -60,7 +52,6 @@ struct Transmit: ParsableCommand {
         }
         if tso && (tsoPayload < 1 || tsoPayload > 65495) { throw ValidationError("--tso-payload must be between 1 and 65495") }
         if tso && (mss < 88 || mss > 65535) { throw ValidationError("--mss must be between 88 and 65535") }
-        if duration <= 0 || warmup < 0 { throw ValidationError("--duration must be positive and --warmup not negative") }
     }
 
     func run() throws {
@@ -74,7 +65,7 @@ struct Transmit: ParsableCommand {
         }
         let slotBytes = (12 + frame.count + 63) & ~63
         let size = Int(queueSize)
-        let (frontend, features) = try connectFrontend(socket: socket, memoryBytes: arenaBytes(payloadBytes: size * slotBytes),
+        let (frontend, features) = try connectFrontend(socket: measurement.socket, memoryBytes: arenaBytes(payloadBytes: size * slotBytes),
                                                        wanted: ~0, queueSize: queueSize)
         guard Feature.headerSize(features) == 12 else { throw ToolError("backend did not negotiate VERSION_1 (10-byte header)") }
         if tso && features & (Feature.csum | Feature.hostTSO4) != (Feature.csum | Feature.hostTSO4) {
@@ -95,8 +86,8 @@ struct Transmit: ParsableCommand {
         // over 10 ms: tells a backend that stalls (or is starved of CPU) from a steady one.
         var lastCompletion: UInt64 = 0, maxGap: UInt64 = 0, gapsOver10ms: UInt64 = 0
         let start = now()
-        let windowStart = start + UInt64(warmup * 1e9)
-        let end = windowStart + UInt64(duration * 1e9)
+        let windowStart = start + UInt64(measurement.warmup * 1e9)
+        let end = windowStart + UInt64(measurement.duration * 1e9)
         var windowOpened = false
         var window = (t: start, completed: UInt64(0), tap: InterfaceCounters())
         var windowEnd = (t: start, completed: UInt64(0), tap: InterfaceCounters())
@@ -201,12 +192,12 @@ struct Transmit: ParsableCommand {
         }
         let ok = allReturned && tapLost == 0
         out.add("no_frame_lost", ok)
-        if json {
+        if measurement.json {
             print(out.text)
         } else {
             print("transmit: \(tso ? "TSO \(frameBytes)-byte TCP/IPv4 frames (MSS \(mss))" : "\(frameBytes)-byte frames"), queue \(size), event idx \(ring.eventIndex ? "on" : "off")")
             print("  posted \(posted), completed \(completed) in \(fixed(totalSeconds, 3)) s: \(humanRate(Double(windowEnd.completed) / totalSeconds, unit: "frames/s")), \(humanRate(Double(windowEnd.completed * frameBytes) * 8 / totalSeconds, unit: "bit/s"))")
-            print("  window \(fixed(windowSeconds, 3)) s after \(fixed(warmup, 1)) s warm-up: \(windowFrames) frames, \(humanRate(Double(windowFrames) / windowSeconds, unit: "frames/s")), \(humanRate(Double(windowFrames * frameBytes) * 8 / windowSeconds, unit: "bit/s"))")
+            print("  window \(fixed(windowSeconds, 3)) s after \(fixed(measurement.warmup, 1)) s warm-up: \(windowFrames) frames, \(humanRate(Double(windowFrames) / windowSeconds, unit: "frames/s")), \(humanRate(Double(windowFrames * frameBytes) * 8 / windowSeconds, unit: "bit/s"))")
             print("  kicks \(ring.kicks) (suppressed \(ring.kicksSuppressed)), sleeps on the call eventfd \(sleeps), longest gap between completions \(fixed(Double(maxGap) / 1e6, 3)) ms (\(gapsOver10ms) over 10 ms)")
             if let tap, let tapBefore, let tapAfter {
                 let whole = tapAfter - tapBefore
