@@ -455,11 +455,12 @@ extension NetDevice {
                 }
                 continue
             }
-            var length = result
+            // The TAP reports a frame's whole length even when the buffer held less of it.
+            var length = min(result, Int(slots[slot].capacity))
             if filled != slot {
                 // A frame arrived while the batch ran, after a read had found the TAP empty:
                 // move it into the earlier chain so the unfilled chains are the last ones taken.
-                length = vectors.copy(result, from: slots[slot].firstVector, count: slots[slot].vectorCount,
+                length = vectors.copy(length, from: slots[slot].firstVector, count: slots[slot].vectorCount,
                                       to: slots[filled].firstVector, count: slots[filled].vectorCount)
             }
             let chain = slots[filled]
