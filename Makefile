@@ -38,6 +38,8 @@ test: deps
 	@$(MAKE) --no-print-directory release
 	@echo "== real guest through tapwire (ping and iperf3 both ways)"
 	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 4
+	@echo "== the same without offloads: 1.5 KiB buffers, so receive reads go in io_uring batches"
+	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 3 --tapwire-args --offloads=none
 	@echo "== operator checks: CapEff, tapwirectl, API errors, unprivileged run"
 	Tools/control-check.sh
 	@echo "== restart survival: SIGKILL/SIGTERM under a running guest, new QEMU, client mode"
