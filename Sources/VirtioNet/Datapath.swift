@@ -398,6 +398,8 @@ extension NetDevice {
                 if smallerChain { break }
             }
         } catch {
+            // Reads prepared for this batch must not reach the kernel with the next submission.
+            tapRing.discardPrepared()
             failQueue(queue, "\(error)")
             return .idle
         }
