@@ -24,6 +24,11 @@ public enum NetFeature {
     public static let guestUSO6: UInt64 = 1 << 55
     public static let hostUSO: UInt64 = 1 << 56
 
+    /// The offloads that let the device hand the guest frames larger than the MTU.
+    public static let guestGSO = guestTSO4 | guestTSO6 | guestUFO | guestUSO4 | guestUSO6
+    /// Everything to leave out for a guest that takes only MTU-sized frames (ECN goes with TSO).
+    public static let guestLargeReceive = guestGSO | guestECN
+
     public static let ringIndirect: UInt64 = 1 << 28
     public static let ringEventIndex: UInt64 = 1 << 29
     public static let protocolFeatures: UInt64 = 1 << 30

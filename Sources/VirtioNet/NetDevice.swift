@@ -259,8 +259,7 @@ public final class NetDevice {
                 return .failed("configuring \(tap.name) for the acked features: \(error)")
             }
         }
-        let guestGSO = features & (NetFeature.guestTSO4 | NetFeature.guestTSO6 | NetFeature.guestUFO
-            | NetFeature.guestUSO4 | NetFeature.guestUSO6) != 0
+        let guestGSO = features & NetFeature.guestGSO != 0
         let mtu = max(tap?.mtu ?? 1500, frontendMTU ?? 0, config.mtu ?? 0, 1500)
         rxFrameCapacityNeeded = headerSize + (guestGSO ? 65550 : mtu + 18)
         logger.info("features acked: \(NetFeature.describe(features).joined(separator: " "))")

@@ -30,7 +30,6 @@ struct Receive: ParsableCommand {
     @Flag(help: "Spin on the used ring instead of sleeping on the call eventfd.")
     var busyPoll = false
 
-
     func validate() throws {
         if bufferSize < 64 || bufferSize > 1 << 20 { throw ValidationError("--buffer-size must be between 64 and 1048576") }
     }

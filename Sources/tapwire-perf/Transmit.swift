@@ -32,7 +32,6 @@ struct Transmit: ParsableCommand {
     @Option(help: "MSS of the TSO frames (gso_size).")
     var mss: Int = 1448
 
-
     @Option(help: "Virtqueue size (a power of two); every descriptor carries one frame.")
     var queueSize: UInt16 = 256
 
@@ -44,7 +43,6 @@ struct Transmit: ParsableCommand {
 
     @Option(help: "Seconds to wait for the last chains to come back used.")
     var drainTimeout: Double = 30
-
 
     func validate() throws {
         if !tso && (frameSize < Frames.minimumPlainLength || frameSize > 65535) {

@@ -129,8 +129,7 @@ import VhostUserFrontend
         defer { backend.stop() }
         let injector = try PacketSocket(interface: name)
         let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
-        let guestGSO = NetFeature.guestTSO4 | NetFeature.guestTSO6 | NetFeature.guestECN | NetFeature.guestUFO | NetFeature.guestUSO4 | NetFeature.guestUSO6
-        let features = try fe.start(wantedFeatures: ~guestGSO, queueSize: 512)
+        let features = try fe.start(wantedFeatures: ~NetFeature.guestLargeReceive, queueSize: 512)
         #expect(features & NetFeature.mergeableRxBuffers != 0)
         let rx = try #require(fe.queues[0])
         // The burst waits in the TAP's queue until buffers come: then it is read in batches.

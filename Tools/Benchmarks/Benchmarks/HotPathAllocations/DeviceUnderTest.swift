@@ -108,10 +108,7 @@ final class DeviceUnderTest {
     /// kick, and enable.
     private func negotiate() throws {
         var features = try u64(reply(.getFeatures, "GET_FEATURES"))
-        if !guestGSO {
-            features &= ~(NetFeature.guestTSO4 | NetFeature.guestTSO6 | NetFeature.guestECN | NetFeature.guestUFO
-                | NetFeature.guestUSO4 | NetFeature.guestUSO6)
-        }
+        if !guestGSO { features &= ~NetFeature.guestLargeReceive }
         try expectDone(.setFeatures(features), "SET_FEATURES")
         let protocolFeatures = try u64(reply(.getProtocolFeatures, "GET_PROTOCOL_FEATURES"))
         let wanted = [ProtocolFeature.multiqueue, .replyAck, .netMTU, .configureMemSlots].reduce(UInt64(0)) { $0 | $1.mask }
