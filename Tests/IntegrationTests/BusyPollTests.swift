@@ -14,12 +14,11 @@ import VhostUserFrontend
         let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
         try fe.start()
         let tx = try #require(fe.queues[1])
-        let buffer = fe.arena.allocate(112)
-        fe.arena.write(plainHeader + testFrame(length: 100, seed: 7), at: buffer)
-        tx.driver.post([DriverBuffer(address: buffer, length: 112, writable: false)])
+        let buffer = fe.transmitBuffer(seed: 7)
+        tx.driver.post([buffer])
         tx.notify()
         #expect(tx.waitForUsed(count: 1, timeoutMilliseconds: 2000).count == 1, "the kicked frame is served")
-        tx.driver.post([DriverBuffer(address: buffer, length: 112, writable: false)])
+        tx.driver.post([buffer])
         return tx.waitForUsed(count: 1, timeoutMilliseconds: waitMilliseconds).count == 1
     }
 
@@ -41,10 +40,9 @@ import VhostUserFrontend
         let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
         try fe.start()
         let tx = try #require(fe.queues[1])
-        let buffer = fe.arena.allocate(112)
-        fe.arena.write(plainHeader + testFrame(length: 100, seed: 8), at: buffer)
+        let buffer = fe.transmitBuffer(seed: 8)
         for round in 0..<3 {
-            tx.driver.post([DriverBuffer(address: buffer, length: 112, writable: false)])
+            tx.driver.post([buffer])
             tx.notify()
             #expect(tx.waitForUsed(count: 1, timeoutMilliseconds: 2000).count == 1, "round \(round)")
             usleep(200_000) // the 50 ms window closes; the backend sleeps until the next kick

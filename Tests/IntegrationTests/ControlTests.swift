@@ -48,9 +48,8 @@ import VhostUserFrontend
             let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
             try fe.start()
             let tx = try #require(fe.queues[1])
-            let buffer = fe.arena.allocate(112)
-            fe.arena.write(plainHeader + testFrame(length: 100, seed: 3), at: buffer)
-            for _ in 0..<10 { tx.driver.post([DriverBuffer(address: buffer, length: 112, writable: false)]) }
+            let buffer = fe.transmitBuffer(seed: 3)
+            for _ in 0..<10 { tx.driver.post([buffer]) }
             tx.notify()
             #expect(tx.waitForUsed(count: 10, timeoutMilliseconds: 3000).count == 10)
             let metrics = try await client.metrics()
@@ -83,9 +82,8 @@ import VhostUserFrontend
         let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
         try fe.start()
         let tx = try #require(fe.queues[1])
-        let buffer = fe.arena.allocate(112)
-        fe.arena.write(plainHeader + testFrame(length: 100, seed: 4), at: buffer)
-        for _ in 0..<20 { tx.driver.post([DriverBuffer(address: buffer, length: 112, writable: false)]) }
+        let buffer = fe.transmitBuffer(seed: 4)
+        for _ in 0..<20 { tx.driver.post([buffer]) }
         tx.notify()
         let early = tx.waitForUsed(count: 20, timeoutMilliseconds: 50)
         #expect(early.count < 20, "the limiter holds frames back")

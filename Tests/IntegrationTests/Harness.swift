@@ -83,6 +83,17 @@ func testFrame(length: Int, seed: UInt8, destination: [UInt8] = [0xff, 0xff, 0xf
 /// A 12-byte virtio-net header with no offload.
 let plainHeader = [UInt8](repeating: 0, count: 12)
 
+extension VhostUserFrontend {
+    /// A transmit buffer in guest memory: a plain virtio-net header and `frame` (by default a
+    /// 100-byte test frame), to post as a one-descriptor chain as often as a test likes.
+    func transmitBuffer(seed: UInt8, frame: [UInt8]? = nil) -> DriverBuffer {
+        let bytes = plainHeader + (frame ?? testFrame(length: 100, seed: seed))
+        let address = arena.allocate(bytes.count)
+        arena.write(bytes, at: address)
+        return DriverBuffer(address: address, length: UInt32(bytes.count), writable: false)
+    }
+}
+
 /// Captures frames on an interface with an AF_PACKET socket.
 final class PacketSocket {
     let fd: Descriptor

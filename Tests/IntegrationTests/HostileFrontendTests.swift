@@ -11,9 +11,8 @@ import VhostUserFrontend
 @Suite(.serialized) struct HostileFrontendTests {
     func sendOneFrame(_ fe: VhostUserFrontend, seed: UInt8) -> Int {
         let tx = fe.queues[1]!
-        let buffer = fe.arena.allocate(112)
-        fe.arena.write(plainHeader + testFrame(length: 100, seed: seed), at: buffer)
-        tx.driver.post([DriverBuffer(address: buffer, length: 112, writable: false)])
+        let buffer = fe.transmitBuffer(seed: seed)
+        tx.driver.post([buffer])
         tx.notify()
         return tx.waitForUsed(count: 1, timeoutMilliseconds: 2000).count
     }
@@ -38,9 +37,8 @@ import VhostUserFrontend
         try fe.setMemTable()
         _ = try fe.queryU64(.getQueueNum)
         #expect(backend.onLoop { $0.device.queues[1].isRunning }, "the ring starts once memory is known")
-        let buffer = fe.arena.allocate(112)
-        fe.arena.write(plainHeader + testFrame(length: 100, seed: 1), at: buffer)
-        driver.post([DriverBuffer(address: buffer, length: 112, writable: false)])
+        let buffer = fe.transmitBuffer(seed: 1)
+        driver.post([buffer])
         EventFD.signal(kick.raw)
         var used = [DriverQueue.UsedEntry]()
         for _ in 0..<100 where used.isEmpty { used = driver.collectUsed(); usleep(10_000) }
