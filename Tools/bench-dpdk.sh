@@ -44,11 +44,7 @@ ROWS=abcd
 WAIT_QUIET=0
 INJECT_CPU=1
 TXQUEUELEN=${TXQUEUELEN:-10000}
-# --nice N runs everything measured at nice N (e.g. -19 on a machine busy with other work:
-# the measured processes then get nearly all of their cores). Each gets its own session, hence
-# its own scheduler autogroup, with the same nice: with autogroups (the default) plain nice only
-# ranks processes within one session and would not help against other sessions' load.
-NICE=()
+NICE=() # --nice N: the measured processes' command prefix (tw_set_nice in lib/common.sh)
 TAPWIRE_ARGS=()
 TAP=twb0
 
@@ -125,7 +121,7 @@ tw_at_exit "rm -f '$HUGE_DIR'/${FE_PREFIX}map_* '$HUGE_DIR'/${BE_PREFIX}map_*; r
 
 NS=twbd$$
 tw_netns_create "$NS"
-ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+tw_netns_no_ipv6 "$NS"
 
 # ---------------------------------------------------------------- processes
 

@@ -20,11 +20,7 @@ COUNT=10000
 INTERVAL=0
 FRAME=64
 EXTRA=()
-# --nice N runs everything measured at nice N (e.g. -19 on a machine busy with other work:
-# the measured processes then get nearly all of their cores). Each gets its own session, hence
-# its own scheduler autogroup, with the same nice: with autogroups (the default) plain nice only
-# ranks processes within one session and would not help against other sessions' load.
-NICE=()
+NICE=() # --nice N: the measured processes' command prefix (tw_set_nice in lib/common.sh)
 TAPWIRE_EXTRA=()
 TAP=twlat0
 
@@ -55,8 +51,8 @@ WORK=$(mktemp -d /tmp/tapwire-latency.XXXXXX)
 tw_at_exit "rm -rf '$WORK'"
 NS=twlat$$
 tw_netns_create "$NS"
-ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-if (($(nproc) >= 2)); then BACKEND_CPU=1 GUEST_CPU=0; else BACKEND_CPU=0 GUEST_CPU=0; fi
+tw_netns_no_ipv6 "$NS"
+tw_pick_cpus
 
 SOCK=$WORK/vhost.sock
 tw_spawn "$WORK/tapwire.log" "${NICE[@]}" taskset -c "$BACKEND_CPU" ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --tap "$TAP" "${TAPWIRE_EXTRA[@]}"

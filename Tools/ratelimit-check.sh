@@ -36,11 +36,7 @@ ATTEMPTS=3
 STARVED_MS=100
 DO_COST=1
 WAIT_QUIET=0
-# --nice N runs everything measured at nice N (e.g. -19 on a machine busy with other work:
-# the measured processes then get nearly all of their cores). Each gets its own session, hence
-# its own scheduler autogroup, with the same nice: with autogroups (the default) plain nice only
-# ranks processes within one session and would not help against other sessions' load.
-NICE=()
+NICE=() # --nice N: the measured processes' command prefix (tw_set_nice in lib/common.sh)
 TAP=twrl0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -74,9 +70,9 @@ tw_at_exit "rm -rf '$WORK'"
 NS=twrl$$
 tw_netns_create "$NS"
 # No IPv6 chatter (router solicitations) on the TAP.
-ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+tw_netns_no_ipv6 "$NS"
 # The guest loop and tapwire on different cores when there are two.
-if (($(nproc) >= 2)); then BACKEND_CPU=1 GUEST_CPU=0; else BACKEND_CPU=0 GUEST_CPU=0; fi
+tw_pick_cpus
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- helpers

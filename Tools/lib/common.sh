@@ -152,6 +152,19 @@ tw_netns_create() {
     ip -n "$ns" link set lo up
 }
 
+# tw_netns_no_ipv6 NS: IPv6 off in NS, so the kernel sends nothing of its own (router
+# solicitations) through a TAP being measured. Through /proc, not sysctl: procps may be missing.
+tw_netns_no_ipv6() {
+    ip netns exec "$1" sh -c 'for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do
+        [ ! -e "$f" ] || echo 1 >"$f" || exit 1; done'
+}
+
+# tw_pick_cpus: BACKEND_CPU and GUEST_CPU for the two sides of a measurement, on different
+# cores when there are two.
+tw_pick_cpus() {
+    if (($(nproc) >= 2)); then BACKEND_CPU=1 GUEST_CPU=0; else BACKEND_CPU=0 GUEST_CPU=0; fi
+}
+
 # tw_netns_delete NAME: stop what still runs inside (only our own children can
 # be there, the namespace is private to this run), then remove it; the TAPs in
 # it go away with it.
@@ -312,8 +325,10 @@ tw_ensure_release_tools() {
 }
 
 # tw_set_nice N: what the measured processes are started under (NICE, a command prefix), with
-# the value in NICE_VALUE. Each gets its own session, hence its own scheduler autogroup, at
-# nice N: with autogroups plain nice only ranks processes within one session.
+# the value in NICE_VALUE; e.g. -19 on a machine busy with other work, so the measured processes
+# get nearly all of their cores. Each gets its own session, hence its own scheduler autogroup,
+# at nice N: with autogroups (the default) plain nice only ranks processes within one session
+# and would not help against other sessions' load.
 tw_set_nice() {
     # shellcheck disable=SC2016 # $0 and $@ belong to the inner sh
     NICE=(setsid sh -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' "$1")
