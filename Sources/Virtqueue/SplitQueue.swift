@@ -21,7 +21,10 @@ public final class SplitQueue {
     /// Next used entry to fill; published to the guest by `publishUsed()`.
     public private(set) var nextUsed: UInt16
     private var publishedUsed: UInt16
-    private var signalledUsed: UInt16 = 0
+    /// The used index at the last `needsInterrupt()`: what the guest was last told about.
+    private var signalledUsed: UInt16
+    /// False until the first interrupt: that one goes out whatever used_event says (after a
+    /// reconnect it may be stale).
     private var signalledUsedValid = false
 
     public init(size: UInt16, ring: RingPointers, memory: GuestMemoryMap, nextAvail: UInt16, nextUsed: UInt16,
@@ -34,6 +37,7 @@ public final class SplitQueue {
         self.nextAvail = nextAvail
         self.nextUsed = nextUsed
         self.publishedUsed = nextUsed
+        self.signalledUsed = nextUsed
         self.indirectAllowed = indirectAllowed
         self.eventIndex = eventIndex
     }
@@ -173,17 +177,25 @@ public final class SplitQueue {
     /// Call after `publishUsed()`; records the signal as sent when it returns true.
     @inline(__always)
     public func needsInterrupt() -> Bool {
+        let wanted = wantsInterrupt()
+        signalledUsed = publishedUsed
+        if wanted { signalledUsedValid = true }
+        return wanted
+    }
+
+    /// `needsInterrupt()` without recording anything: for a caller that may hold the
+    /// interrupt back and ask again later (the range since the last signal then still counts).
+    @inline(__always)
+    public func wantsInterrupt() -> Bool {
         tw_fence_seq_cst()
+        // Nothing published since the last ask (or since the start): nothing to tell.
+        if publishedUsed == signalledUsed { return false }
         if eventIndex {
+            guard signalledUsedValid else { return true }
             // used_event sits after the avail ring's entries.
             let usedEvent = tw_load_relaxed_u16(ring.avail + 4 + 2 * Int(size))
             let new = publishedUsed
-            let old = signalledUsed
-            let wasValid = signalledUsedValid
-            signalledUsed = new
-            signalledUsedValid = true
-            if !wasValid { return true }
-            return (new &- usedEvent &- 1) < (new &- old)
+            return (new &- usedEvent &- 1) < (new &- signalledUsed)
         }
         return tw_load_relaxed_u16(ring.avail) & Ring.availNoInterrupt == 0
     }

@@ -177,6 +177,35 @@ import VhostUserFrontend
         #expect(f.queue.needsInterrupt())
     }
 
+    @Test(arguments: [true, false])
+    func nothingPublishedMeansNoInterrupt(eventIndex: Bool) throws {
+        let f = try RingFixture(eventIndex: eventIndex)
+        #expect(!f.queue.needsInterrupt(), "a service call that returned nothing tells the guest nothing")
+        f.driver.post([DriverBuffer(address: f.buffer(8), length: 8, writable: false)])
+        f.queue.addUsed(head: try #require(try f.pop()).head, length: 0)
+        f.queue.publishUsed()
+        #expect(f.queue.needsInterrupt(), "the first entry is signalled")
+        #expect(!f.queue.needsInterrupt(), "and only once")
+    }
+
+    @Test func askingWithoutRecordingKeepsTheCrossingForLater() throws {
+        let f = try RingFixture(eventIndex: true)
+        for _ in 0..<4 { f.driver.post([DriverBuffer(address: f.buffer(8), length: 8, writable: false)]) }
+        f.queue.addUsed(head: try #require(try f.pop()).head, length: 0)
+        f.queue.publishUsed()
+        #expect(f.queue.needsInterrupt(), "the first publish signals")
+        f.driver.setUsedEvent(1) // interrupt me once used passes index 1
+        f.queue.addUsed(head: try #require(try f.pop()).head, length: 0)
+        f.queue.publishUsed()
+        #expect(f.queue.wantsInterrupt(), "used 1 -> 2 crosses event 1")
+        // An interrupt held back: more is published before the backend asks again.
+        f.queue.addUsed(head: try #require(try f.pop()).head, length: 0)
+        f.queue.publishUsed()
+        #expect(f.queue.wantsInterrupt(), "1 -> 3 still crosses it: asking recorded nothing")
+        #expect(f.queue.needsInterrupt())
+        #expect(!f.queue.wantsInterrupt(), "once sent, the same crossing does not ask again")
+    }
+
     @Test func enableKicksWritesAvailEventAndSeesLateWork() throws {
         let f = try RingFixture(eventIndex: true)
         f.driver.post([DriverBuffer(address: f.buffer(8), length: 8, writable: false)])
