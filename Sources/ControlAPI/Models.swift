@@ -160,6 +160,8 @@ public struct QueueMetrics: Codable, Sendable, Equatable {
     public var kicks: UInt64
     /// Interrupts (call eventfd writes) sent to the guest.
     public var interrupts: UInt64
+    /// Interrupts held back by moderation (--rx/--tx-coalesce-usecs), to go out later.
+    public var interruptsHeld: UInt64
     /// Syscalls (io_uring submissions) that carried batches of frames to or from the TAP.
     public var tapBatches: UInt64
     /// Times the rate limiter made this queue wait.
@@ -170,7 +172,7 @@ public struct QueueMetrics: Codable, Sendable, Equatable {
     public var drops: [String: UInt64]
 
     public init(index: Int, direction: QueueDirection, frames: UInt64 = 0, bytes: UInt64 = 0, kicks: UInt64 = 0,
-                interrupts: UInt64 = 0, tapBatches: UInt64 = 0, throttledEvents: UInt64 = 0, throttledNanoseconds: UInt64 = 0,
+                interrupts: UInt64 = 0, interruptsHeld: UInt64 = 0, tapBatches: UInt64 = 0, throttledEvents: UInt64 = 0, throttledNanoseconds: UInt64 = 0,
                 drops: [String: UInt64] = [:]) {
         self.index = index
         self.direction = direction
@@ -178,6 +180,7 @@ public struct QueueMetrics: Codable, Sendable, Equatable {
         self.bytes = bytes
         self.kicks = kicks
         self.interrupts = interrupts
+        self.interruptsHeld = interruptsHeld
         self.tapBatches = tapBatches
         self.throttledEvents = throttledEvents
         self.throttledNanoseconds = throttledNanoseconds
@@ -191,6 +194,7 @@ public struct QueueMetrics: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case index, direction, frames, bytes, kicks, interrupts, drops
+        case interruptsHeld = "interrupts_held"
         case tapBatches = "tap_batches"
         case throttledEvents = "throttled_events"
         case throttledNanoseconds = "throttled_ns"

@@ -45,6 +45,9 @@ public enum PrometheusRenderer {
         perQueue("tapwire_bytes_total", .counter, "Bytes of frames moved through a virtqueue.") { String($0.bytes) }
         perQueue("tapwire_kicks_total", .counter, "Kicks (available-buffer notifications) from the guest.") { String($0.kicks) }
         perQueue("tapwire_interrupts_total", .counter, "Interrupts (used-buffer notifications) sent to the guest.") { String($0.interrupts) }
+        perQueue("tapwire_interrupts_held_total", .counter, "Interrupts held back by moderation to go out later.") {
+            String($0.interruptsHeld)
+        }
         perQueue("tapwire_tap_batches_total", .counter, "io_uring submissions carrying batches of frames to or from the TAP.") {
             String($0.tapBatches)
         }

@@ -249,7 +249,7 @@ public final class BackendLoop: @unchecked Sendable {
         withWorkersPaused {
             for queue in device.queues where queue.stats.frames > 0 || queue.stats.kicks > 0 {
                 let st = queue.stats
-                logger.info("queue \(queue.index) (\(queue.isReceive ? "rx" : "tx")): \(st.frames) frames, \(st.bytes) bytes, \(st.kicks) kicks, \(st.interrupts) interrupts, \(st.tapBatches) io_uring batches, \(st.totalDrops) drops")
+                logger.info("queue \(queue.index) (\(queue.isReceive ? "rx" : "tx")): \(st.frames) frames, \(st.bytes) bytes, \(st.kicks) kicks, \(st.interrupts) interrupts (\(st.interruptsHeld) held back), \(st.tapBatches) io_uring batches, \(st.totalDrops) drops")
             }
             device.resetDevice()
             for worker in workers { worker.resetTimers() }

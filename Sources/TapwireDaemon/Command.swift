@@ -60,6 +60,12 @@ public struct TapwireCommand: ParsableCommand {
     @Option(name: .long, help: "Keep polling the rings and the TAP for this many microseconds after any traffic instead of sleeping, with guest kicks off (0: event-driven). Lowers latency at the cost of CPU.")
     var busyPoll: Int = 0
 
+    @Option(name: .long, help: "While data streams to the guest, space its receive interrupts at least this many microseconds apart (0: interrupt at once). Sparse traffic is never delayed.")
+    var rxCoalesceUsecs: Int = 300
+
+    @Option(name: .long, help: "Let a transmit-completion interrupt wait up to this many microseconds for the next receive interrupt, which carries it, while receive interrupts flow (0: interrupt at once).")
+    var txCoalesceUsecs: Int = 300
+
     @Option(name: .long, help: "How frames go to and from the TAP: io-uring (a batch of frames per syscall), writev (one readv/writev per frame), or auto (io-uring where the kernel allows it).")
     var tapIo: TapIOMode = .auto
 
@@ -100,6 +106,12 @@ public struct TapwireCommand: ParsableCommand {
         guard (1...128).contains(queues) else { throw ValidationError("--queues must be between 1 and 128, not \(queues)") }
         guard (0...1_000_000).contains(busyPoll) else { throw ValidationError("--busy-poll must be between 0 and 1000000 microseconds, not \(busyPoll)") }
         guard (0...100_000).contains(txPoll) else { throw ValidationError("--tx-poll must be between 0 and 100000 microseconds, not \(txPoll)") }
+        guard (0...100_000).contains(rxCoalesceUsecs) else {
+            throw ValidationError("--rx-coalesce-usecs must be between 0 and 100000 microseconds, not \(rxCoalesceUsecs)")
+        }
+        guard (0...100_000).contains(txCoalesceUsecs) else {
+            throw ValidationError("--tx-coalesce-usecs must be between 0 and 100000 microseconds, not \(txCoalesceUsecs)")
+        }
         if let mtu, !(68...65535).contains(mtu) { throw ValidationError("--mtu must be between 68 and 65535, not \(mtu)") }
         if let mac, parseMAC(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
         if case .failure(let error) = Offload.parse(offloads) { throw ValidationError("\(error)") }
@@ -168,7 +180,9 @@ public struct TapwireCommand: ParsableCommand {
             case .failure(let e): throw ValidationError("\(e)")
             }
             return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(parseMAC), mtu: mtu,
-                                   txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll, busyPollMicroseconds: busyPoll)
+                                   txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll, busyPollMicroseconds: busyPoll,
+                                   interruptModeration: InterruptModeration(receiveHoldoffMicroseconds: rxCoalesceUsecs,
+                                                                            transmitHoldoffMicroseconds: txCoalesceUsecs))
         }
     }
 }

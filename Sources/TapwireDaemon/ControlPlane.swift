@@ -69,7 +69,7 @@ extension BackendLoop {
             var drops = [String: UInt64]()
             for reason in DropReason.allCases { drops[reason.label] = s.drops(reason) }
             return QueueMetrics(index: q.index, direction: q.isReceive ? .rx : .tx, frames: s.frames, bytes: s.bytes,
-                                kicks: s.kicks, interrupts: s.interrupts, tapBatches: s.tapBatches, throttledEvents: s.throttledEvents,
+                                kicks: s.kicks, interrupts: s.interrupts, interruptsHeld: s.interruptsHeld, tapBatches: s.tapBatches, throttledEvents: s.throttledEvents,
                                 throttledNanoseconds: s.throttledNanoseconds, drops: drops)
         }
         return MetricsSnapshot(uptimeSeconds: Double(monotonicNanoseconds() - startedAt) / 1e9,

@@ -18,6 +18,7 @@ final class QueuePairWorker: @unchecked Sendable {
         static let tap: UInt64 = 2 << 32
         static let timer: UInt64 = 3 << 32
         static let mailbox: UInt64 = 4 << 32
+        static let heldInterrupt: UInt64 = 5 << 32
         static let kindMask: UInt64 = 0xffff_ffff << 32
     }
 
@@ -28,6 +29,9 @@ final class QueuePairWorker: @unchecked Sendable {
     let mailbox: LoopMailbox<QueuePairWorker>
     /// Index 0 is the pair's receive queue, 1 its transmit queue.
     private let timers: [Descriptor]
+    /// Fires when an interrupt held back by moderation is due.
+    private let interruptTimer: Descriptor
+    private var interruptTimerDeadline: UInt64 = 0
     private var registeredKicks: [Int32] = [-1, -1]
     private var tapInterest = false
     /// The receive queue waits for a kick (no buffers) or its timer (throttled).
@@ -56,6 +60,8 @@ final class QueuePairWorker: @unchecked Sendable {
             try epoll.add(timer.raw, events: Epoll.readable, token: Token.timer | UInt64(slot))
         }
         try epoll.add(mailbox.wake.raw, events: Epoll.readable, token: Token.mailbox)
+        interruptTimer = try TimerFD.make()
+        try epoll.add(interruptTimer.raw, events: Epoll.readable, token: Token.heldInterrupt)
     }
 
     func start() {
@@ -88,6 +94,21 @@ final class QueuePairWorker: @unchecked Sendable {
                 if busyPoll > 0 && framesMoved != moved { pollUntil = monotonicNanoseconds() &+ busyPoll }
             }
             if polling && monotonicNanoseconds() >= pollUntil { stopPolling() }
+            armInterruptTimer()
+        }
+    }
+
+    /// Keeps the held-interrupt timer on the pair's earliest held interrupt.
+    @inline(__always)
+    private func armInterruptTimer() {
+        let deadline = device.heldInterruptDeadline(pair: pair)
+        guard deadline != interruptTimerDeadline else { return }
+        interruptTimerDeadline = deadline
+        if deadline == 0 {
+            TimerFD.disarm(interruptTimer.raw)
+        } else {
+            let now = monotonicNanoseconds()
+            TimerFD.arm(interruptTimer.raw, afterNanoseconds: deadline > now ? deadline - now : 1)
         }
     }
 
@@ -140,6 +161,10 @@ final class QueuePairWorker: @unchecked Sendable {
             TimerFD.drain(timers[slot].raw)
             mark(slot)
             if slot == 0 { rxWaiting = false; rxNeedsBuffers = false; updateTapInterest() }
+        case Token.heldInterrupt:
+            TimerFD.drain(interruptTimer.raw)
+            interruptTimerDeadline = 0 // one-shot: it is disarmed now
+            device.releaseDueInterrupts(pair: pair, now: monotonicNanoseconds())
         case Token.mailbox:
             mailbox.runPending(self)
         default:

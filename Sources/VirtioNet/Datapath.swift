@@ -341,6 +341,8 @@ extension NetDevice {
             ring.updateAvailEvent()
         }
         queue.signalGuest()
+        // Out of buffers, a held interrupt would only keep the guest from refilling them.
+        if outcome == .needBuffers { queue.releaseHeldInterrupt(now: monotonicNanoseconds()) }
         endThrottleIfNeeded(queue, now: now, throttled: outcome)
         return outcome
     }
@@ -415,6 +417,8 @@ extension NetDevice {
             ring.updateAvailEvent()
         }
         queue.signalGuest()
+        // Out of buffers, a held interrupt would only keep the guest from refilling them.
+        if outcome == .needBuffers { queue.releaseHeldInterrupt(now: monotonicNanoseconds()) }
         return outcome
     }
 
@@ -483,6 +487,23 @@ extension NetDevice {
         }
         if filled < count { ring.undoPop(UInt16(count - filled)) }
         return filled
+    }
+
+    /// When the pair's first held interrupt is due (monotonic ns; 0: none held).
+    @inline(__always)
+    public func heldInterruptDeadline(pair: Int) -> UInt64 {
+        let receive = queues[2 * pair].interruptHeldUntil
+        let transmit = queues[2 * pair + 1].interruptHeldUntil
+        if receive == 0 || transmit == 0 { return receive | transmit }
+        return min(receive, transmit)
+    }
+
+    /// Sends the pair's held interrupts whose time has come (receive first: it carries a
+    /// held transmit interrupt with it).
+    public func releaseDueInterrupts(pair: Int, now: UInt64) {
+        for index in 2 * pair...2 * pair + 1 where queues[index].interruptHeldUntil != 0 && queues[index].interruptHeldUntil <= now {
+            queues[index].releaseHeldInterrupt(now: now)
+        }
     }
 
     /// Gives up the pair's io_uring (closing it settles whatever it still held): its queues

@@ -26,10 +26,15 @@ public struct NetDeviceConfig: Sendable {
     /// After any work, a queue pair's thread keeps polling its rings and TAP for this long
     /// with kicks off instead of sleeping (0: event-driven). Trades a core for latency.
     public var busyPollMicroseconds: Int
+    /// How interrupts are spaced out while data streams (`InterruptModeration.off`: never).
+    public var interruptModeration: InterruptModeration
+
+    public static let defaultInterruptModeration = InterruptModeration(receiveHoldoffMicroseconds: 300, transmitHoldoffMicroseconds: 300)
 
     public init(queuePairs: Int = 1, offloads: Offload? = nil, mac: [UInt8]? = nil, mtu: Int? = nil,
                 txLimits: DirectionLimits = DirectionLimits(), rxLimits: DirectionLimits = DirectionLimits(),
-                batchBudget: Int = 256, transmitPollMicroseconds: Int = 300, busyPollMicroseconds: Int = 0) {
+                batchBudget: Int = 256, transmitPollMicroseconds: Int = 300, busyPollMicroseconds: Int = 0,
+                interruptModeration: InterruptModeration = NetDeviceConfig.defaultInterruptModeration) {
         self.queuePairs = queuePairs
         self.offloads = offloads
         self.mac = mac
@@ -39,6 +44,7 @@ public struct NetDeviceConfig: Sendable {
         self.batchBudget = batchBudget
         self.transmitPollMicroseconds = transmitPollMicroseconds
         self.busyPollMicroseconds = busyPollMicroseconds
+        self.interruptModeration = interruptModeration
     }
 }
 
@@ -90,7 +96,12 @@ public final class NetDevice {
         let supported = tap.map { offloads(fromTapFlags: $0.probeOffloads()) } ?? Offload.all
         availableOffloads = (config.offloads ?? .all).intersection(supported)
         queues = (0..<(2 * config.queuePairs)).map { index in
-            QueueState(index: index, limits: index % 2 == 0 ? config.rxLimits : config.txLimits, now: now)
+            QueueState(index: index, limits: index % 2 == 0 ? config.rxLimits : config.txLimits,
+                       moderation: config.interruptModeration, now: now)
+        }
+        for pair in 0..<config.queuePairs {
+            queues[2 * pair].partner = queues[2 * pair + 1]
+            queues[2 * pair + 1].partner = queues[2 * pair]
         }
         if let tap, tap.ioRings.count == config.queuePairs {
             // A pair's two queues share its ring: one thread serves both, a batch at a time.
@@ -382,6 +393,8 @@ public final class NetDevice {
     private func stopQueue(_ queue: QueueState) -> UInt16 {
         let base = queue.ring?.nextAvail ?? queue.base
         queue.ring?.publishUsed()
+        // A held interrupt must not be lost with the ring.
+        queue.releaseHeldInterrupt(now: monotonicNanoseconds())
         queue.ring = nil
         queue.started = false
         queue.kick = nil

@@ -29,6 +29,9 @@ public struct QueueStats: Sendable, Equatable, Codable {
     public var interrupts: UInt64 = 0
     /// io_uring submissions to the TAP (frames / tapBatches is the batch size reached).
     public var tapBatches: UInt64 = 0
+    /// Interrupts held back by moderation (each then went out later, or not at all if the
+    /// guest no longer wanted it).
+    public var interruptsHeld: UInt64 = 0
     public var throttledEvents: UInt64 = 0
     public var throttledNanoseconds: UInt64 = 0
     public var dropBadChain: UInt64 = 0
@@ -101,9 +104,23 @@ public final class QueueState {
     /// Counts chains taken for receive, to tell whether unfilled ones can be given back.
     var popSequence: UInt64 = 0
 
-    init(index: Int, limits: DirectionLimits, now: UInt64) {
+    let moderation: InterruptModeration
+    /// When this queue last interrupted the guest (monotonic ns; 0: not yet), and its byte
+    /// count then. Kept only with moderation on.
+    var lastInterrupt: UInt64 = 0
+    var bytesAtInterrupt: UInt64 = 0
+    /// A held interrupt is due then (monotonic ns; 0: none held). The pair's thread sends it
+    /// by timer, unless the receive queue's next interrupt carries it first.
+    public internal(set) var interruptHeldUntil: UInt64 = 0
+    /// The other queue of the pair. SAFETY: both queues belong to the device's `queues`
+    /// array for its whole life, so the reference is never dangling; unowned(unsafe) keeps
+    /// reference counting off the packet path.
+    unowned(unsafe) var partner: QueueState?
+
+    init(index: Int, limits: DirectionLimits, moderation: InterruptModeration = .off, now: UInt64) {
         self.index = index
         self.limiter = DirectionLimiter(limits, now: now)
+        self.moderation = moderation
     }
 
     deinit {
@@ -128,6 +145,8 @@ public final class QueueState {
         vectors.removeAll()
         popSequence = 0
         throttledSince = 0
+        lastInterrupt = 0
+        interruptHeldUntil = 0
     }
 
     /// Called after each frame of a batch: publishes (and signals if the guest asked) once
@@ -142,14 +161,53 @@ public final class QueueState {
         }
     }
 
+    /// Publishes what was added to the used ring and interrupts the guest if it asked, now
+    /// or, with moderation, a little later (see `InterruptModeration`).
     @inline(__always)
     func signalGuest() {
         guard let ring else { return }
         ring.publishUsed()
-        if callFD >= 0 && ring.needsInterrupt() {
+        guard callFD >= 0 else { return }
+        if moderation.isEnabled {
+            signalModerated(ring)
+        } else if ring.needsInterrupt() {
             EventFD.signal(callFD)
             stats.interrupts &+= 1
         }
+    }
+
+    private func signalModerated(_ ring: SplitQueue) {
+        // Already held: the timer (or the receive interrupt) sends it with all published since.
+        guard interruptHeldUntil == 0, ring.wantsInterrupt() else { return }
+        let now = monotonicNanoseconds()
+        let deadline = isReceive
+            ? moderation.receiveDeadline(now: now, lastInterrupt: lastInterrupt, bytesSinceInterrupt: stats.bytes &- bytesAtInterrupt)
+            : moderation.transmitDeadline(now: now, receiveLastInterrupt: partner?.lastInterrupt ?? 0)
+        if let deadline {
+            interruptHeldUntil = deadline
+            stats.interruptsHeld &+= 1
+            return
+        }
+        interruptIfWanted(ring, now: now)
+    }
+
+    /// Sends a held interrupt (its time came, or the queue stops) if the guest still wants it:
+    /// it may have looked at the ring meanwhile and need none.
+    func releaseHeldInterrupt(now: UInt64) {
+        guard interruptHeldUntil != 0 else { return }
+        interruptHeldUntil = 0
+        guard let ring, callFD >= 0 else { return }
+        interruptIfWanted(ring, now: now)
+    }
+
+    private func interruptIfWanted(_ ring: SplitQueue, now: UInt64) {
+        guard ring.needsInterrupt() else { return }
+        EventFD.signal(callFD)
+        stats.interrupts &+= 1
+        lastInterrupt = now
+        bytesAtInterrupt = stats.bytes
+        // The transmit completions held for this interrupt go with it.
+        if isReceive, let partner, partner.interruptHeldUntil != 0 { partner.releaseHeldInterrupt(now: now) }
     }
 }
 

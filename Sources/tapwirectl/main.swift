@@ -224,7 +224,7 @@ struct Stats: AsyncParsableCommand {
 
     /// The table; with `previous`, rate columns from the difference.
     static func render(_ m: MetricsSnapshot, previous: MetricsSnapshot?) -> String {
-        var header = ["QUEUE", "FRAMES", "BYTES", "DROPS", "KICKS", "IRQS", "THROTTLED", "WAITED"]
+        var header = ["QUEUE", "FRAMES", "BYTES", "DROPS", "KICKS", "IRQS", "HELD", "THROTTLED", "WAITED"]
         let elapsed = previous.map { m.uptimeSeconds - $0.uptimeSeconds } ?? 0
         let withRates = previous != nil
         if withRates { header.insert(contentsOf: ["FRAMES/S", "MBIT/S", "DROPS/S"], at: 3) }
@@ -232,7 +232,7 @@ struct Stats: AsyncParsableCommand {
         let queues = m.queues.sorted { ($0.index, $0.direction.rawValue) < ($1.index, $1.direction.rawValue) }
         for q in queues {
             var row = ["\(q.direction.rawValue) \(q.index)", String(q.frames), LimitFormatter.bytes(q.bytes),
-                       String(q.totalDrops), String(q.kicks), String(q.interrupts), String(q.throttledEvents),
+                       String(q.totalDrops), String(q.kicks), String(q.interrupts), String(q.interruptsHeld), String(q.throttledEvents),
                        LimitFormatting.number(Double(q.throttledNanoseconds) / 1e9, fractionDigits: 3) + "s"]
             if withRates {
                 let old = previous?.queues.first { $0.index == q.index && $0.direction == q.direction }

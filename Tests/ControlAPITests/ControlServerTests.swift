@@ -53,6 +53,7 @@ struct ControlServerTests {
             #expect(value("tapwire_bytes_total", ["queue": "1", "direction": "tx"]) == 3_000_000_000_000)
             #expect(value("tapwire_kicks_total", ["queue": "1", "direction": "tx"]) == 1999)
             #expect(value("tapwire_interrupts_total", ["queue": "0", "direction": "rx"]) == 900)
+            #expect(value("tapwire_interrupts_held_total", ["queue": "0", "direction": "rx"]) == 40)
             #expect(value("tapwire_throttled_events_total", ["queue": "0", "direction": "rx"]) == 4)
             #expect(value("tapwire_throttled_seconds_total", ["queue": "0", "direction": "rx"]) == 1.5)
             #expect(value("tapwire_drops_total", ["queue": "0", "direction": "rx", "reason": "no_rx_buffer"]) == 7)

@@ -23,7 +23,7 @@ actor FakeBackend: ControlBackend {
     static let snapshot = MetricsSnapshot(
         uptimeSeconds: 12.5, connectionsTotal: 3, disconnects: 2,
         queues: [
-            QueueMetrics(index: 0, direction: .rx, frames: 1000, bytes: 1_500_000, kicks: 10, interrupts: 900,
+            QueueMetrics(index: 0, direction: .rx, frames: 1000, bytes: 1_500_000, kicks: 10, interrupts: 900, interruptsHeld: 40,
                          throttledEvents: 4, throttledNanoseconds: 1_500_000_000,
                          drops: ["no_rx_buffer": 7, "tap_error": 1]),
             QueueMetrics(index: 1, direction: .tx, frames: 2000, bytes: 3_000_000_000_000, kicks: 1999,
