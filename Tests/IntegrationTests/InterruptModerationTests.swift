@@ -16,6 +16,32 @@ import VhostUserFrontend
                                                                  bulkMegabitsPerSecond: bulkMegabitsPerSecond))
     }
 
+    /// A backend on a fresh TAP, a started frontend (no guest GSO: 2 KiB buffers hold a
+    /// frame), and a packet socket that sends through the TAP towards the guest.
+    private struct Rig {
+        let name: String
+        let backend: RunningBackend
+        let injector: PacketSocket
+        let fe: VhostUserFrontend
+        let rx: FrontendQueue
+        let tx: FrontendQueue
+    }
+
+    private func rig(_ tag: String, _ config: NetDeviceConfig, quiet: Bool = false) throws -> Rig {
+        let name = uniqueTapName(tag)
+        let backend = try RunningBackend(tapName: name, config: config)
+        do {
+            if quiet { silenceIPv6(name) }
+            let injector = try PacketSocket(interface: name)
+            let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
+            _ = try fe.start(wantedFeatures: ~NetFeature.guestLargeReceive, queueSize: 512)
+            return Rig(name: name, backend: backend, injector: injector, fe: fe, rx: try #require(fe.queues[0]), tx: try #require(fe.queues[1]))
+        } catch {
+            backend.stop()
+            throw error
+        }
+    }
+
     /// Stops the kernel's IPv6 chatter (router solicitations, MLD reports) on the TAP: a
     /// stray frame would bring a receive interrupt at a moment the test does not expect.
     private func silenceIPv6(_ name: String) {
@@ -39,12 +65,9 @@ import VhostUserFrontend
     /// arrives either way, in order.
     @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"), arguments: [20_000, 0])
     func bulkReceiveInterruptsAreSpacedAndNothingIsLost(holdoffMicroseconds: Int) throws {
-        let name = uniqueTapName(holdoffMicroseconds > 0 ? "imb" : "imo")
-        let backend = try RunningBackend(tapName: name, config: config(receive: holdoffMicroseconds, transmit: 0, bulkMegabitsPerSecond: 5))
-        defer { backend.stop() }
-        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
-        _ = try fe.start(wantedFeatures: ~NetFeature.guestLargeReceive, queueSize: 512)
-        let rx = try #require(fe.queues[0])
+        let r = try rig(holdoffMicroseconds > 0 ? "imb" : "imo", config(receive: holdoffMicroseconds, transmit: 0, bulkMegabitsPerSecond: 5))
+        defer { r.backend.stop() }
+        let (name, backend, fe, rx) = (r.name, r.backend, r.fe, r.rx)
         var buffers = [UInt16: UInt64]()
         postReceiveBuffers(fe, rx, count: 500, into: &buffers)
 
@@ -89,13 +112,9 @@ import VhostUserFrontend
     /// Small frames now and then (pings, requests) are never held, even with a long holdoff.
     @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))
     func sparseReceiveIsNotDelayed() throws {
-        let name = uniqueTapName("ims")
-        let backend = try RunningBackend(tapName: name, config: config(receive: 2_000_000, transmit: 0))
-        defer { backend.stop() }
-        let injector = try PacketSocket(interface: name)
-        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
-        _ = try fe.start(wantedFeatures: ~NetFeature.guestLargeReceive)
-        let rx = try #require(fe.queues[0])
+        let r = try rig("ims", config(receive: 2_000_000, transmit: 0))
+        defer { r.backend.stop() }
+        let (backend, injector, fe, rx) = (r.backend, r.injector, r.fe, r.rx)
         var buffers = [UInt16: UInt64]()
         postReceiveBuffers(fe, rx, count: 64, into: &buffers)
         for i in 0..<5 {
@@ -114,14 +133,9 @@ import VhostUserFrontend
     /// would only keep it from refilling them.
     @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))
     func aGuestOutOfBuffersIsNotKeptWaiting() throws {
-        let name = uniqueTapName("imn")
-        let backend = try RunningBackend(tapName: name, config: config(receive: 5_000_000, transmit: 0, bulkMegabitsPerSecond: 1))
-        defer { backend.stop() }
-        silenceIPv6(name)
-        let injector = try PacketSocket(interface: name)
-        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
-        _ = try fe.start(wantedFeatures: ~NetFeature.guestLargeReceive)
-        let rx = try #require(fe.queues[0])
+        let r = try rig("imn", config(receive: 5_000_000, transmit: 0, bulkMegabitsPerSecond: 1), quiet: true)
+        defer { r.backend.stop() }
+        let (backend, injector, fe, rx) = (r.backend, r.injector, r.fe, r.rx)
         var buffers = [UInt16: UInt64]()
         // Chatter the TAP queued before IPv6 went quiet takes some of these; fillers the rest.
         postReceiveBuffers(fe, rx, count: 4, into: &buffers)
@@ -156,15 +170,9 @@ import VhostUserFrontend
     /// with it; if none comes, its own timer sends it when the holdoff ends.
     @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))
     func transmitCompletionsRideOnReceiveInterrupts() throws {
-        let name = uniqueTapName("imt")
-        let backend = try RunningBackend(tapName: name, config: config(receive: 0, transmit: 400_000))
-        defer { backend.stop() }
-        silenceIPv6(name)
-        let injector = try PacketSocket(interface: name)
-        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
-        _ = try fe.start(wantedFeatures: ~NetFeature.guestLargeReceive)
-        let rx = try #require(fe.queues[0])
-        let tx = try #require(fe.queues[1])
+        let r = try rig("imt", config(receive: 0, transmit: 400_000), quiet: true)
+        defer { r.backend.stop() }
+        let (backend, injector, fe, rx, tx) = (r.backend, r.injector, r.fe, r.rx, r.tx)
         var buffers = [UInt16: UInt64]()
         postReceiveBuffers(fe, rx, count: 64, into: &buffers)
         usleep(50_000) // what the TAP sent before IPv6 went quiet arrives now

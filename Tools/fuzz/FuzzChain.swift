@@ -330,8 +330,8 @@ private func run(_ data: UnsafeRawBufferPointer) {
     var nextAvail = startIndex
     var nextUsed = startIndex
     var published = startIndex
-    var signalled: UInt16 = 0
-    var signalledValid = false
+    var signalled = startIndex // the used index at the last ask
+    var signalledValid = false  // false until the first interrupt
 
     for round in 0..<rounds {
         let writable = directions & (1 << round) != 0
@@ -495,17 +495,19 @@ private func run(_ data: UnsafeRawBufferPointer) {
             check(load16(ring.used + 2) == nextUsed, "used.idx \(load16(ring.used + 2)) after publishUsed, expected \(nextUsed)")
             published = nextUsed
         }
-        // Notification suppression, against the spec's formulas.
+        // Notification suppression, against the spec's formulas; only for entries published
+        // since the last ask (an ask after a round that returned nothing tells the guest nothing).
         let wantInterrupt: Bool
+        let fresh = published != signalled
         if eventIndex {
             let usedEvent = load16(ring.avail + 4 + 2 * Int(queueSize))
             let new = published, old = signalled
-            wantInterrupt = !signalledValid || (new &- usedEvent &- 1) < (new &- old)
-            signalled = new
-            signalledValid = true
+            wantInterrupt = fresh && (!signalledValid || (new &- usedEvent &- 1) < (new &- old))
         } else {
-            wantInterrupt = load16(ring.avail) & Ring.availNoInterrupt == 0
+            wantInterrupt = fresh && load16(ring.avail) & Ring.availNoInterrupt == 0
         }
+        signalled = published
+        if wantInterrupt { signalledValid = true }
         check(queue.needsInterrupt() == wantInterrupt, "needsInterrupt disagrees with the spec (event idx \(eventIndex))")
 
         do {
