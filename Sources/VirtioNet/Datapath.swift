@@ -334,6 +334,17 @@ extension NetDevice {
             }
         }
         vectors.removeAll()
+        outcome = finishReceive(queue, ring, outcome, frames: frames)
+        endThrottleIfNeeded(queue, now: now, throttled: outcome)
+        return outcome
+    }
+
+    /// The end of a receive service call: asks for a kick if the guest's buffers ran out
+    /// (going on instead if some came meanwhile), or keeps avail_event on our position; then
+    /// signals the guest. Returns the outcome, `.moreWork` if buffers turned up.
+    @inline(__always)
+    private func finishReceive(_ queue: QueueState, _ ring: SplitQueue, _ outcome: ServiceOutcome, frames: Int) -> ServiceOutcome {
+        var outcome = outcome
         if outcome == .needBuffers {
             // Ask for a kick when buffers arrive, unless some already did.
             if (try? ring.enableKicks()) == true && frames < config.batchBudget { outcome = .moreWork }
@@ -343,7 +354,6 @@ extension NetDevice {
         queue.signalGuest()
         // Out of buffers, a held interrupt would only keep the guest from refilling them.
         if outcome == .needBuffers { queue.releaseHeldInterrupt(now: monotonicNanoseconds()) }
-        endThrottleIfNeeded(queue, now: now, throttled: outcome)
         return outcome
     }
 
@@ -410,16 +420,7 @@ extension NetDevice {
             queue.signalGuest()
             return nil
         }
-        if outcome == .needBuffers {
-            // Ask for a kick when buffers arrive, unless some already did.
-            if (try? ring.enableKicks()) == true && frames < config.batchBudget { outcome = .moreWork }
-        } else {
-            ring.updateAvailEvent()
-        }
-        queue.signalGuest()
-        // Out of buffers, a held interrupt would only keep the guest from refilling them.
-        if outcome == .needBuffers { queue.releaseHeldInterrupt(now: monotonicNanoseconds()) }
-        return outcome
+        return finishReceive(queue, ring, outcome, frames: frames)
     }
 
     /// Submits the `count` reads prepared in `tapRing` and returns the frames to the guest;
