@@ -1,7 +1,6 @@
 import Glibc
 import CTapwire
 import Logging
-import Synchronization
 import SystemCalls
 import VhostUser
 import VirtioNet
@@ -273,7 +272,7 @@ public final class BackendLoop: @unchecked Sendable {
 /// thread between events.
 public final class LoopMailbox<Owner>: Sendable {
     let wake: Descriptor
-    private let jobs = Mutex<[@Sendable (Owner) -> Void]>([])
+    private let jobs = Locked<[@Sendable (Owner) -> Void]>([])
 
     init() throws(SystemError) {
         wake = try EventFD.make()
