@@ -93,7 +93,11 @@ public final class VhostUserFrontend: @unchecked Sendable {
     public func command(_ request: VhostUserRequest, payload: [UInt8] = [], fds: [Int32] = []) throws {
         try send(request, payload: payload, fds: fds, needReply: replyAck)
         guard replyAck else { return }
-        guard let reply = try readReply() else { throw FrontendError("backend hung up after \(request.name)") }
+        let answer: (header: MessageHeader, payload: [UInt8])?
+        do { answer = try readReply() } catch let error as SystemError where error.isWouldBlock {
+            throw FrontendError("no ack for \(request.name) within the socket's receive timeout")
+        }
+        guard let reply = answer else { throw FrontendError("backend hung up after \(request.name)") }
         let status = reply.payload.withUnsafeBytes { $0.count == 8 ? $0.loadUnaligned(as: UInt64.self) : UInt64.max }
         guard status == 0 else { throw FrontendError("\(request.name) was refused (status \(status))") }
     }

@@ -414,13 +414,22 @@ public final class NetDevice {
         if let err = queue.err { EventFD.signal(err.raw) }
     }
 
-    /// Back to the state of a fresh connection; the TAP and counters stay.
+    /// The frontend went away: back to the state of a fresh connection; the TAP and counters stay.
+    public func resetConnection() {
+        resetDevice()
+        for queue in queues { queue.dropNotifiers() }
+        ackedProtocolFeatures = 0
+    }
+
+    /// RESET_DEVICE, and RESET_OWNER, which QEMU sends instead where RESET_DEVICE is not
+    /// offered: the device goes back to its initial state. What was negotiated for the
+    /// connection stays: its protocol features (QEMU 10 resets the device during start-up and
+    /// then waits for the REPLY_ACK of its next SET_VRING_ENABLE) and the frontend's eventfds.
     public func resetDevice() {
-        for queue in queues { queue.reset() }
+        for queue in queues { queue.resetRing() }
         memory = nil
         mappedRegions = []
         ackedFeatures = 0
-        ackedProtocolFeatures = 0
         featuresSet = false
         headerSize = 12
         frontendMTU = nil

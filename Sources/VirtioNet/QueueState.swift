@@ -129,15 +129,21 @@ public final class QueueState {
 
     public var isRunning: Bool { ring != nil && fault == nil }
 
-    /// Forgets everything the frontend set up (disconnect, RESET_DEVICE); counters stay.
-    func reset() {
+    /// Closes the frontend's call and error eventfds (it went away).
+    func dropNotifiers() {
+        call = nil
+        err = nil
+        callFD = -1
+    }
+
+    /// RESET_DEVICE: the ring stops and forgets its set-up; counters stay. The call and error eventfds stay:
+    /// QEMU hands them over while it initialises the device, before it resets it, and sends
+    /// the error eventfd only then.
+    func resetRing() {
         size = 0
         address = nil
         base = 0
         kick = nil
-        call = nil
-        err = nil
-        callFD = -1
         enabled = false
         started = false
         ring = nil
