@@ -43,6 +43,28 @@ public enum UnixSocket {
         return fd
     }
 
+    /// What a failed `connect(path:)` means for a client that retries: nil while retrying can
+    /// fix it (no socket there yet, or nobody listening on it yet); otherwise what an operator
+    /// has to change, since the frontend will not change it.
+    public static func connectFailureNeedsOperator(_ error: SystemError, path: String) -> String? {
+        switch error.errno {
+        case ENOENT, ECONNREFUSED, EAGAIN:
+            var st = stat()
+            if stat(path, &st) == 0 && st.st_mode & S_IFMT != S_IFSOCK {
+                return "\(path) exists but is not a socket: remove it, or point --socket-path at the frontend's socket"
+            }
+            return nil
+        case EACCES, EPERM:
+            return "this process (uid \(getuid()), gid \(getgid()), no capabilities) may not write to the socket or search its directory: "
+                + "run tapwire with --user USER:GROUP whose user or group owns the socket (for libvirt's mode='server': its group libvirt-qemu), "
+                + "or let the frontend create the socket with wider permissions"
+        case ENOTDIR, ELOOP, ENAMETOOLONG:
+            return "\(path) cannot name a socket: fix --socket-path"
+        default:
+            return nil
+        }
+    }
+
     public static func pair() throws(SystemError) -> (Descriptor, Descriptor) {
         var fds: [Int32] = [-1, -1]
         _ = try retryingInterrupts("socketpair") {

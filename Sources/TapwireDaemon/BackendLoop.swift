@@ -41,6 +41,8 @@ public final class BackendLoop: @unchecked Sendable {
     private var signals: Descriptor?
     private var reconnectTimer: Descriptor?
     private var reconnectDelayMilliseconds = 100
+    /// The errno of the last connect failure logged, and when (0: none since the last connect).
+    private var lastConnectFailure: (errno: Int32, loggedAt: UInt64) = (0, 0)
     private var running = true
     private var queuesChanged = false
     public private(set) var connectionsAccepted = 0
@@ -168,13 +170,33 @@ public final class BackendLoop: @unchecked Sendable {
         do {
             let socket = try UnixSocket.connect(path: path)
             reconnectDelayMilliseconds = 100
+            lastConnectFailure = (0, 0)
             adopt(socket)
         } catch {
-            logger.debug("connect \(path): \(error); retrying in \(reconnectDelayMilliseconds) ms")
+            logConnectFailure(error, path: path)
             if let timer = reconnectTimer { TimerFD.arm(timer.raw, afterNanoseconds: UInt64(reconnectDelayMilliseconds) * 1_000_000) }
             reconnectDelayMilliseconds = min(reconnectDelayMilliseconds * 2, 5000)
         }
     }
+
+    /// A new kind of failure is logged at once, with what to do where retrying cannot help;
+    /// the same failure again only once a minute, so a long wait does not flood the log.
+    private func logConnectFailure(_ error: SystemError, path: String) {
+        let now = monotonicNanoseconds()
+        let repeated = error.errno == lastConnectFailure.errno
+        guard !repeated || now &- lastConnectFailure.loggedAt >= Self.connectFailureLogInterval else {
+            logger.debug("connect \(path): \(error); retrying in \(reconnectDelayMilliseconds) ms")
+            return
+        }
+        lastConnectFailure = (error.errno, now)
+        if let advice = UnixSocket.connectFailureNeedsOperator(error, path: path) {
+            logger.error("cannot connect to \(path): \(error). \(advice). Retrying meanwhile, at most every 5 s")
+        } else {
+            logger.info("waiting for the frontend's socket \(path) (\(error)); retrying, at most every 5 s")
+        }
+    }
+
+    private static let connectFailureLogInterval: UInt64 = 60_000_000_000
 
     private func adopt(_ socket: Descriptor) {
         do {
@@ -211,7 +233,7 @@ public final class BackendLoop: @unchecked Sendable {
             }
         case .message(let header, let message):
             let name = VhostUserRequest(rawValue: header.request)?.name ?? "?"
-            logger.trace("\(name)")
+            logger.trace("\(name)\(header.needsReply ? " (reply wanted)" : "")")
             switch withWorkersPaused({ device.handle(message) }) {
             case .payload(let payload):
                 do { try connection.reply(to: header, payload: payload) } catch {
@@ -250,7 +272,7 @@ public final class BackendLoop: @unchecked Sendable {
                 let st = queue.stats
                 logger.info("queue \(queue.index) (\(queue.isReceive ? "rx" : "tx")): \(st.frames) frames, \(st.bytes) bytes, \(st.kicks) kicks, \(st.interrupts) interrupts (\(st.interruptsHeld) held back), \(st.tapBatches) io_uring batches, \(st.totalDrops) drops")
             }
-            device.resetDevice()
+            device.resetConnection()
             for worker in workers { worker.resetTimers() }
         }
         logger.info("frontend disconnected (\(reason)); the TAP stays up for the next one")
