@@ -9,11 +9,14 @@
 #   --tapwire BIN               tapwire binary (default $TAPWIRE_BIN or
 #                               .build/release/tapwire under the repo root)
 #   --tapwire-args "ARGS"       extra arguments for tapwire (word-split)
+#   --qemu 7.2|10|newest|PATH   which QEMU runs the guest (default newest: 10.0 when
+#                               Tools/install-deps.sh installed it beside 7.2)
 #   --time SECONDS              iperf3 duration per direction (default 5)
 #   --mem SIZE                  guest memory, e.g. 512M (default 512M)
 #   --boot-timeout SECONDS      wait for the guest's READY marker (default 120)
 #   --append "PARAMS"           extra guest kernel parameters (tw.pre=, tw.cmd=, ...)
 #   --qemu-args "ARGS"          extra QEMU arguments (word-split)
+#   --nic-args ",OPT=V..."      appended to the virtio-net-pci device (e.g. ",packed=on")
 #   --out DIR                   run directory for logs and results (default
 #                               /var/tmp/tapwire-e2e/<time>-<backend>)
 #   --guest-dir DIR             guest image directory (default $TAPWIRE_GUEST_DIR
@@ -33,11 +36,13 @@ usage() { sed -n '2,/^# Exit status/s/^# \{0,1\}//p' "$0"; }
 BACKEND=tapwire
 TAPWIRE=${TAPWIRE_BIN:-$TW_REPO_ROOT/.build/release/tapwire}
 TAPWIRE_ARGS=
+QEMU_WHICH=${TAPWIRE_QEMU:-newest}
 IPERF_TIME=5
 MEM=512M
 BOOT_TIMEOUT=120
 APPEND_EXTRA=
 QEMU_EXTRA=
+NIC_EXTRA=
 RUN_DIR=
 GUEST_DIR=$(tw_guest_dir)
 SHOW_OFFLOADS=0
@@ -50,11 +55,13 @@ while (($#)); do
         --backend) need_arg "$@"; BACKEND=$2; shift ;;
         --tapwire) need_arg "$@"; TAPWIRE=$2; shift ;;
         --tapwire-args) need_arg "$@"; TAPWIRE_ARGS=$2; shift ;;
+        --qemu) need_arg "$@"; QEMU_WHICH=$2; shift ;;
         --time) need_arg "$@"; IPERF_TIME=$2; shift ;;
         --mem) need_arg "$@"; MEM=$2; shift ;;
         --boot-timeout) need_arg "$@"; BOOT_TIMEOUT=$2; shift ;;
         --append) need_arg "$@"; APPEND_EXTRA=$2; shift ;;
         --qemu-args) need_arg "$@"; QEMU_EXTRA=$2; shift ;;
+        --nic-args) need_arg "$@"; NIC_EXTRA=$2; shift ;;
         --out) need_arg "$@"; RUN_DIR=$2; shift ;;
         --guest-dir) need_arg "$@"; GUEST_DIR=$2; shift ;;
         --show-offloads) SHOW_OFFLOADS=1 ;;
@@ -82,6 +89,7 @@ fi
 
 tw_ensure_packages qemu-system-x86_64:qemu-system-x86 iperf3:iperf3 ip:iproute2 \
     jq:jq timeout:coreutils dpkg:busybox-static
+tw_qemu_select "$QEMU_WHICH"
 
 T0=$(tw_now)
 
@@ -181,21 +189,21 @@ fi
 read -r -a qemu_extra <<<"$QEMU_EXTRA"
 APPEND="console=ttyS0 panic=-1 quiet tw.ip=$TW_GUEST_IP/$TW_PREFIX_LEN tw.host=$TW_HOST_IP $APPEND_EXTRA"
 # Same machine and device for both backends so figures compare: TCG (no
-# nested KVM here), memfd-shared memory (vhost-user needs it), vectors=0
-# (QEMU 7.2 crashes in msix_set_vector_notifiers with vhost-user under TCG).
-QEMU_CMD=("${QEMU_PREFIX[@]}" qemu-system-x86_64
+# nested KVM here), memfd-shared memory (vhost-user needs it), and what this
+# QEMU's NIC needs under TCG (tw_qemu_nic_options).
+QEMU_CMD=("${QEMU_PREFIX[@]}" "$QEMU_BIN" "${QEMU_DATA[@]}"
     -accel tcg -nodefaults -no-user-config
     -m "$MEM" -object "memory-backend-memfd,id=mem,size=$MEM,share=on"
     -machine "q35,memory-backend=mem" -smp 1
     -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND"
     -display none -serial "file:$CONSOLE" -no-reboot
     "${NETDEV_ARGS[@]}"
-    -device "virtio-net-pci,netdev=n0,vectors=0,mac=$TW_GUEST_MAC"
+    -device "virtio-net-pci,netdev=n0$(tw_qemu_nic_options),mac=$TW_GUEST_MAC$NIC_EXTRA"
     "${qemu_extra[@]}")
 printf '%q ' "${QEMU_CMD[@]}" >"$RUN_DIR/qemu.cmdline"
 echo >>"$RUN_DIR/qemu.cmdline"
 
-tw_log "booting guest ($BACKEND backend, $MEM, console $CONSOLE)"
+tw_log "booting guest ($BACKEND backend, QEMU $QEMU_VERSION, $MEM, console $CONSOLE)"
 T_BOOT=$(tw_now)
 tw_spawn "$RUN_DIR/qemu.log" "${QEMU_CMD[@]}"
 QEMU_PID=$TW_SPAWNED_PID
@@ -264,7 +272,7 @@ OK=true
 KERNEL_PKG=$(cat "$GUEST_DIR/kernel-package" 2>/dev/null || echo unknown)
 num_or_null() { if [[ $1 == - || -z $1 ]]; then echo null; else echo "$1"; fi; }
 jq -n \
-    --arg backend "$BACKEND" --arg run_dir "$RUN_DIR" --arg kernel "$KERNEL_PKG" \
+    --arg backend "$BACKEND" --arg qemu "$QEMU_VERSION" --arg run_dir "$RUN_DIR" --arg kernel "$KERNEL_PKG" \
     --argjson ok "$OK" \
     --argjson iperf_time "$IPERF_TIME" \
     --argjson boot_s "$BOOT_SECONDS" --argjson total_s "$TOTAL_SECONDS" \
@@ -276,7 +284,7 @@ jq -n \
     --argjson gp_max "$(num_or_null "$G_MAX")" --argjson gp_loss "$(num_or_null "$G_LOSS")" \
     --rawfile offloads "$RUN_DIR/guest-ethtool-k.txt" \
     --args '{
-        backend: $backend, ok: $ok, failures: $ARGS.positional,
+        backend: $backend, qemu: $qemu, ok: $ok, failures: $ARGS.positional,
         kernel: $kernel, run_dir: $run_dir,
         boot_seconds: $boot_s, total_seconds: $total_s, iperf_seconds: $iperf_time,
         ping_host_to_guest_ms: {min: $hp_min, avg: $hp_avg, max: $hp_max, loss_pct: $hp_loss},
@@ -295,6 +303,7 @@ gbps_text() {
 }
 {
     echo "backend           : $BACKEND"
+    echo "qemu              : $QEMU_VERSION ($QEMU_BIN)"
     echo "guest kernel      : $KERNEL_PKG (boot to ready ${BOOT_SECONDS}s)"
     echo "ping host->guest  : min/avg/max = $H_MIN/$H_AVG/$H_MAX ms ($H_RX/$H_TX replies)"
     echo "ping guest->host  : min/avg/max = $G_MIN/$G_AVG/$G_MAX ms ($G_RX/$G_TX replies)"

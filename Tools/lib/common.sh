@@ -61,8 +61,49 @@ tw_ensure_packages() {
     done
     tw_log "installing missing packages: ${uniq[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
+    if [[ -z ${TW_APT_UPDATED:-} ]]; then apt-get update -qq >&2; TW_APT_UPDATED=1; fi
     apt-get install -y -qq --no-install-recommends "${uniq[@]}" >&2
+}
+
+# bookworm-backports, with the same mirror and keyring as Debian 12's own list.
+tw_ensure_backports() {
+    local list=/etc/apt/sources.list.d/tapwire-backports.sources
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        tw_log "adding bookworm-backports to apt's sources ($list)"
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$list"
+        TW_APT_UPDATED=
+    fi
+    if [[ -z ${TW_APT_UPDATED:-} ]]; then apt-get update -qq >&2; TW_APT_UPDATED=1; fi
+}
+
+# QEMU 10.0 beside the system's 7.2: bookworm-backports' packages unpacked into
+# TW_QEMU10_PREFIX (below), so installing it replaces nothing.
+tw_ensure_qemu10() {
+    [[ ! -x $TW_QEMU10_PREFIX/usr/bin/qemu-system-x86_64 ]] || return 0
+    tw_ensure_backports
+    local dl
+    dl=$(mktemp -d)
+    tw_log "installing QEMU 10.0 from bookworm-backports into $TW_QEMU10_PREFIX"
+    # _apt cannot write into a mktemp folder; the download itself is what we want.
+    (cd "$dl" && apt-get download -qq -t bookworm-backports qemu-system-x86 qemu-system-common qemu-system-data 2>&1 |
+        grep -v 'unsandboxed' >&2 || true)
+    local deb
+    for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$TW_QEMU10_PREFIX"; done
+    rm -rf "$dl"
+    [[ -x $TW_QEMU10_PREFIX/usr/bin/qemu-system-x86_64 ]] || tw_die "QEMU 10.0 did not install into $TW_QEMU10_PREFIX"
+}
+
+# libvirt 11.3 from bookworm-backports, only its own packages from there (the rest of the
+# system, systemd included, stays Debian 12's).
+tw_ensure_libvirt() {
+    if dpkg-query -W -f '${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q '^11\.'; then return 0; fi
+    tw_ensure_backports
+    local pkgs=() p
+    for p in libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients libvirt-common libvirt0 libvirt-daemon-common libvirt-daemon-log; do
+        pkgs+=("$p/bookworm-backports")
+    done
+    tw_log "installing libvirt 11.3 from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
 }
 
 # ---------------------------------------------------------------- cleanup
@@ -305,6 +346,42 @@ tw_iperf3_run() {
 
 # tw_is_positive NUMBER: true when NUMBER parses as > 0.
 tw_is_positive() { awk -v x="$1" 'BEGIN { exit !(x + 0 > 0) }'; }
+
+# ---------------------------------------------------------------- QEMU
+
+# Two QEMUs side by side: Debian 12's 7.2 is the system one; bookworm-backports' 10.0 (what
+# Debian 13, Ubuntu 24.04+ and Fedora users run) is unpacked into this prefix by
+# Tools/install-deps.sh, so both can be tested on one machine.
+TW_QEMU10_PREFIX=${TAPWIRE_QEMU10_PREFIX:-/opt/qemu-10.0}
+
+# tw_qemu_select WHICH: WHICH is 7.2, 10 (or 10.0), newest, or the path of a
+# qemu-system-x86_64. Sets QEMU_BIN, QEMU_DATA (its -L options: the prefix's data first, then
+# the system's firmware, which the prefix lacks), QEMU_VERSION (e.g. 10.0.2) and QEMU_MAJOR.
+tw_qemu_select() {
+    local which=$1 q10=$TW_QEMU10_PREFIX/usr/bin/qemu-system-x86_64
+    QEMU_DATA=()
+    case $which in
+        7.2 | 7) QEMU_BIN=/usr/bin/qemu-system-x86_64 ;;
+        10 | 10.0) QEMU_BIN=$q10 ;;
+        newest) if [[ -x $q10 ]]; then QEMU_BIN=$q10; else QEMU_BIN=/usr/bin/qemu-system-x86_64; fi ;;
+        /*) QEMU_BIN=$which ;;
+        *) tw_die "--qemu takes 7.2, 10, newest or a path, not '$which'" ;;
+    esac
+    [[ -x $QEMU_BIN ]] || tw_die "no QEMU at $QEMU_BIN (Tools/install-deps.sh installs 7.2 and 10.0)"
+    if [[ $QEMU_BIN == "$TW_QEMU10_PREFIX"/* ]]; then
+        QEMU_DATA=(-L "$TW_QEMU10_PREFIX/usr/share/qemu" -L /usr/share/qemu)
+    fi
+    QEMU_VERSION=$("$QEMU_BIN" --version | awk 'NR == 1 { print $4 }')
+    QEMU_MAJOR=${QEMU_VERSION%%.*}
+    [[ $QEMU_MAJOR =~ ^[0-9]+$ ]] || tw_die "cannot read the version of $QEMU_BIN"
+}
+
+# tw_qemu_nic_options: virtio-net-pci options this QEMU needs under TCG. QEMU 7.2 crashes in
+# msix_set_vector_notifiers when a vhost-user NIC starts under TCG unless MSI-X is off
+# (vectors=0); QEMU 10 runs it with MSI-X.
+tw_qemu_nic_options() {
+    if ((QEMU_MAJOR < 8)); then echo ",vectors=0"; fi
+}
 
 # ---------------------------------------------------------------- guest
 
