@@ -33,6 +33,8 @@ public enum NetFeature {
     public static let ringEventIndex: UInt64 = 1 << 29
     public static let protocolFeatures: UInt64 = 1 << 30
     public static let version1: UInt64 = 1 << 32
+    public static let ringPacked: UInt64 = 1 << 34
+    public static let ringReset: UInt64 = 1 << 40
 
     /// Names for logs and the API, in bit order.
     public static let names: [(UInt64, String)] = [
@@ -42,6 +44,7 @@ public enum NetFeature {
         (hostUFO, "HOST_UFO"), (mergeableRxBuffers, "MRG_RXBUF"), (status, "STATUS"), (ctrlVQ, "CTRL_VQ"),
         (guestAnnounce, "GUEST_ANNOUNCE"), (multiqueue, "MQ"), (ringIndirect, "RING_INDIRECT_DESC"),
         (ringEventIndex, "RING_EVENT_IDX"), (protocolFeatures, "PROTOCOL_FEATURES"), (version1, "VERSION_1"),
+        (ringPacked, "RING_PACKED"), (ringReset, "RING_RESET"),
         (guestUSO4, "GUEST_USO4"), (guestUSO6, "GUEST_USO6"), (hostUSO, "HOST_USO"),
     ]
 

@@ -80,8 +80,12 @@ public final class NetDevice {
     /// Called after any change that may start, stop or re-route a queue (the loop re-registers fds).
     public var onQueuesChanged: () -> Void = {}
 
+    /// GUEST_ANNOUNCE: after a migration QEMU has the guest announce itself (through the control
+    /// queue, which QEMU keeps), instead of sending SEND_RARP. RING_RESET is never offered: QEMU 10
+    /// passes it to the guest but resets a queue only for its kernel vhost backend, so a guest that
+    /// resets a ring (`ethtool -G`) would start it afresh while tapwire kept its old indexes.
     public static let backendFeatures: UInt64 = NetFeature.version1 | NetFeature.ringIndirect | NetFeature.ringEventIndex
-        | NetFeature.protocolFeatures | NetFeature.status
+        | NetFeature.protocolFeatures | NetFeature.status | NetFeature.guestAnnounce
 
     /// CONFIG is not offered: QEMU's net device never uses it and warns when offered, but
     /// GET_CONFIG/SET_CONFIG are still answered for frontends that send them.

@@ -63,6 +63,39 @@ import VhostUserFrontend
         #expect(poll(&pfd, 1, 2000) == 1, "error eventfd given before RESET_DEVICE is signalled")
     }
 
+    /// What QEMU 10 passes to the guest from a backend's offer: GUEST_ANNOUNCE (QEMU then has
+    /// the guest announce itself after a migration), never RING_RESET (QEMU 10 does not tell a
+    /// vhost-user backend when the guest resets one ring), and no control-queue feature of its own.
+    @Test func offersOnlyWhatItCanHonourWithQEMU10() throws {
+        let backend = try RunningBackend()
+        defer { backend.stop() }
+        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
+        let offered = try fe.queryU64(.getFeatures)
+        #expect(offered & NetFeature.guestAnnounce != 0)
+        #expect(offered & NetFeature.ringReset == 0)
+        #expect(offered & NetFeature.ringPacked == 0, "packed rings are not built yet")
+        #expect(offered & (NetFeature.ctrlVQ | NetFeature.ctrlGuestOffloads) == 0, "QEMU keeps the control queue")
+        #expect(try fe.queryU64(.getProtocolFeatures) & ProtocolFeature.status.mask == 0)
+    }
+
+    /// QEMU stops every queue with GET_VRING_BASE, also one that never started (the guest never
+    /// set it up): the answer is the base QEMU set, or 0, and the queue stays usable.
+    @Test func getVringBaseOfARingThatNeverStarted() throws {
+        let backend = try RunningBackend()
+        defer { backend.stop() }
+        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
+        try UnixSocket.setReceiveTimeout(fe.socket.raw, milliseconds: 2000)
+        #expect(try fe.stopQueue(0) == 0)
+        try fe.send(.setVringBase, payload: MessageEncoder.vringState(index: 1, num: 42))
+        #expect(try fe.stopQueue(1) == 42)
+        #expect(try fe.stopQueue(1) == 42, "asking twice changes nothing")
+        try fe.start()
+        let tx = try #require(fe.queues[1])
+        tx.driver.post([fe.transmitBuffer(seed: 3)])
+        tx.notify()
+        #expect(tx.waitForUsed(count: 1, timeoutMilliseconds: 3000).count == 1, "the queue starts normally afterwards")
+    }
+
     /// QEMU 7.2 never resets during start-up: features, then memory table, then queues with
     /// their enables after the kick.
     @Test func qemu72StartUp() throws {
