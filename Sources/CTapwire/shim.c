@@ -142,6 +142,10 @@ int tw_sockaddr_un(struct sockaddr_un *addr, const char *path) {
 int tw_fcntl_getfl(int fd) { return fcntl(fd, F_GETFL); }
 int tw_fcntl_setfl(int fd, int flags) { return fcntl(fd, F_SETFL, flags); }
 int tw_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+_Static_assert(TW_MFD_ALLOW_SEALING == MFD_ALLOW_SEALING && TW_F_SEAL_SEAL == F_SEAL_SEAL && TW_F_SEAL_SHRINK == F_SEAL_SHRINK &&
+               TW_F_SEAL_GROW == F_SEAL_GROW, "memfd seal flags match the kernel's");
+int tw_fcntl_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
+int tw_fcntl_add_seals(int fd, int seals) { return fcntl(fd, F_ADD_SEALS, seals); }
 int tw_accept_cloexec(int listener) { return accept4(listener, NULL, NULL, SOCK_CLOEXEC); }
 
 int tw_packet_socket(int ifindex, int vnet_hdr) {

@@ -126,6 +126,27 @@ public final class GuestMemoryMap: @unchecked Sendable {
         return nil
     }
 
+    /// The guest physical address of `length` bytes at host address `pointer`, if they lie
+    /// inside one region: how the dirty log names what the device wrote through an iovec.
+    @inlinable
+    public func guestPhysical(host pointer: UnsafeRawPointer, length: Int) -> UInt64? {
+        for i in 0..<regions.count {
+            let region = bounds[i]
+            let start = UnsafeRawPointer(region.host)
+            guard pointer >= start else { continue }
+            let offset = UInt64(pointer - start)
+            let size = region.guestEnd &- region.guestStart
+            if offset < size {
+                guard UInt64(length) <= size &- offset else { return nil }
+                return region.guestStart &+ offset
+            }
+        }
+        return nil
+    }
+
+    /// The end of the highest region: what a dirty log must cover.
+    public var guestEnd: UInt64 { regions.last?.guestEnd ?? 0 }
+
     /// Walks a guest physical range that may cross region boundaries, calling `body` with each
     /// contiguous host piece. Returns false (after calling `body` for none or some pieces) when
     /// any byte of the range is outside guest memory or the range wraps; callers then discard

@@ -57,10 +57,22 @@ public final class MemoryMapping: @unchecked Sendable {
 }
 
 public enum MemFD {
-    /// A sealed-size anonymous file of `size` bytes, as a frontend uses for guest RAM.
-    public static func make(name: String, size: Int) throws(SystemError) -> Descriptor {
-        let fd = Descriptor(taking: try retryingInterrupts("memfd_create") { tw_memfd_create(name, UInt32(TW_MFD_CLOEXEC)) })
+    /// An anonymous file of `size` bytes, as a frontend uses for guest RAM. `sealed`: its size
+    /// is then sealed (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL), as QEMU seals its dirty log.
+    public static func make(name: String, size: Int, sealed: Bool = false) throws(SystemError) -> Descriptor {
+        let flags = UInt32(TW_MFD_CLOEXEC) | (sealed ? UInt32(TW_MFD_ALLOW_SEALING) : 0)
+        let fd = Descriptor(taking: try retryingInterrupts("memfd_create") { tw_memfd_create(name, flags) })
         _ = try retryingInterrupts("ftruncate") { ftruncate(fd.raw, off_t(size)) }
+        if sealed {
+            _ = try retryingInterrupts("fcntl(F_ADD_SEALS)") { tw_fcntl_add_seals(fd.raw, Int32(TW_F_SEAL_SHRINK | TW_F_SEAL_GROW | TW_F_SEAL_SEAL)) }
+        }
         return fd
+    }
+
+    /// Whether the file behind `fd` can never shrink (a memfd sealed with F_SEAL_SHRINK): only
+    /// then can a mapping of it not fault when its owner truncates it.
+    public static func cannotShrink(_ fd: Int32) -> Bool {
+        let seals = tw_fcntl_get_seals(fd)
+        return seals >= 0 && seals & Int32(TW_F_SEAL_SHRINK) != 0
     }
 }

@@ -113,7 +113,7 @@ public struct TapwireCommand: ParsableCommand {
             throw ValidationError("--tx-coalesce-usecs must be between 0 and 100000 microseconds, not \(txCoalesceUsecs)")
         }
         if let mtu, !(68...65535).contains(mtu) { throw ValidationError("--mtu must be between 68 and 65535, not \(mtu)") }
-        if let mac, parseMAC(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
+        if let mac, MACAddress.parse(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
         if case .failure(let error) = Offload.parse(offloads) { throw ValidationError("\(error)") }
         if Logger.Level(rawValue: logLevel.lowercased()) == nil {
             throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
@@ -179,7 +179,7 @@ public struct TapwireCommand: ParsableCommand {
             case .success(let o): offered = o
             case .failure(let e): throw ValidationError("\(e)")
             }
-            return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(parseMAC), mtu: mtu,
+            return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(MACAddress.parse), mtu: mtu,
                                    txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll, busyPollMicroseconds: busyPoll,
                                    interruptModeration: InterruptModeration(receiveHoldoffMicroseconds: rxCoalesceUsecs,
                                                                             transmitHoldoffMicroseconds: txCoalesceUsecs))
@@ -194,9 +194,4 @@ enum TapIOMode: String, ExpressibleByArgument, CaseIterable {
     case writev
 }
 
-func parseMAC(_ text: String) -> [UInt8]? {
-    let parts = text.split(separator: ":")
-    guard parts.count == 6 else { return nil }
-    let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
-    return bytes.count == 6 ? bytes : nil
-}
+

@@ -55,7 +55,7 @@ extension BackendLoop {
         return VMStatus(
             name: name, state: isConnected ? .connected : .waiting,
             uptimeSeconds: Double(monotonicNanoseconds() - startedAt) / 1e9,
-            tap: device.tap?.name ?? "(sink)", mac: device.config.mac.map(formatMAC) ?? "",
+            tap: device.tap?.name ?? "(sink)", mac: device.config.mac.map(MACAddress.format) ?? "",
             mtu: device.frontendMTU ?? device.config.mtu ?? device.tap?.mtu ?? 1500, socketPath: socketPath,
             negotiatedFeatures: NetFeature.describe(acked), negotiatedFeaturesRaw: acked,
             protocolFeaturesRaw: device.ackedProtocolFeatures, offloadsOffered: device.availableOffloads.names,
@@ -75,13 +75,6 @@ extension BackendLoop {
         return MetricsSnapshot(uptimeSeconds: Double(monotonicNanoseconds() - startedAt) / 1e9,
                                connectionsTotal: UInt64(connectionsAccepted), disconnects: UInt64(disconnects), queues: queues)
     }
-}
-
-func formatMAC(_ bytes: [UInt8]) -> String {
-    bytes.map { byte in
-        let hex = String(byte, radix: 16)
-        return hex.count == 1 ? "0" + hex : hex
-    }.joined(separator: ":")
 }
 
 /// The control API server, when --api-socket was given.

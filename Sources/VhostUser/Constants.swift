@@ -125,6 +125,10 @@ public enum VhostUserLimits {
     public static let maxMemTableRegions = 8
     public static let maxConfigSize: UInt32 = 256
     public static let headerSize = 12
+    /// SET_LOG_BASE: u64 mmap_size, u64 mmap_offset.
+    public static let logBasePayloadSize: UInt32 = 16
+    /// SET_VRING_ADDR flags: VHOST_VRING_F_LOG, the used ring is logged at log_guest_addr.
+    public static let vringFlagLog: UInt32 = 1
     /// In KICK/CALL/ERR payloads: bits 0-7 the queue index, bit 8 "no descriptor".
     public static let vringIndexMask: UInt64 = 0xff
     public static let vringNoFDMask: UInt64 = 0x100

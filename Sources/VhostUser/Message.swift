@@ -100,6 +100,9 @@ public enum VhostUserMessage: Sendable {
     case getConfig(offset: UInt32, size: UInt32, flags: UInt32)
     case setConfig(offset: UInt32, flags: UInt32, data: [UInt8])
     case setBackendReqFD(Descriptor)
+    /// The dirty-page log for a live migration: `size` bytes at `offset` in the memfd.
+    case setLogBase(size: UInt64, offset: UInt64, Descriptor)
+    case setLogFD(Descriptor)
     /// A request we know of but do not implement for a net device; it gets an error reply.
     case unsupported(VhostUserRequest)
 }
@@ -258,6 +261,16 @@ public enum MessageDecoder {
         case .setBackendReqFD:
             guard descriptors.count == 1 else { throw .wrongDescriptorCount(request: name, got: descriptors.count, expected: 1) }
             return .setBackendReqFD(descriptors[0])
+        case .setLogBase:
+            // VhostUserLog: mmap_size, mmap_offset; the memfd comes with it (PROTOCOL_F_LOG_SHMFD).
+            try expectSize(VhostUserLimits.logBasePayloadSize)
+            guard descriptors.count == 1 else { throw .wrongDescriptorCount(request: name, got: descriptors.count, expected: 1) }
+            // SAFETY: expectSize(16) above, so both u64s lie inside the payload.
+            return .setLogBase(size: u64(), offset: payload.loadUnaligned(fromByteOffset: 8, as: UInt64.self), descriptors[0])
+        case .setLogFD:
+            guard size == 0 || size == 8 else { throw .wrongPayloadSize(request: name, size: size, expected: "0 or 8") }
+            guard descriptors.count == 1 else { throw .wrongDescriptorCount(request: name, got: descriptors.count, expected: 1) }
+            return .setLogFD(descriptors[0])
         default:
             return .unsupported(request)
         }
@@ -298,6 +311,8 @@ public enum MessageEncoder {
         for region in regions { payload += bytes(of: region.raw) }
         return payload
     }
+
+    public static func logBase(size: UInt64, offset: UInt64) -> [UInt8] { u64(size) + u64(offset) }
 
     public static func singleRegion(_ region: RegionDescription) -> [UInt8] {
         u64(0) + bytes(of: region.raw)

@@ -74,8 +74,8 @@ public final class VhostUserFrontend: @unchecked Sendable {
     }
 
     /// Sends a request that always has a reply and returns its payload.
-    public func query(_ request: VhostUserRequest, payload: [UInt8] = []) throws -> [UInt8] {
-        try send(request, payload: payload)
+    public func query(_ request: VhostUserRequest, payload: [UInt8] = [], fds: [Int32] = []) throws -> [UInt8] {
+        try send(request, payload: payload, fds: fds)
         guard let reply = try readReply() else { throw FrontendError("backend hung up after \(request.name)") }
         guard reply.header.request == request.rawValue else {
             throw FrontendError("reply to \(reply.header.request) while waiting for \(request.name)")
@@ -109,7 +109,9 @@ public final class VhostUserFrontend: @unchecked Sendable {
     @discardableResult
     public func start(wantedFeatures: UInt64 = ~0, queueCount: Int = 2, queueSize: UInt16 = 256) throws -> UInt64 {
         let offered = try queryU64(.getFeatures)
-        let features = offered & wantedFeatures
+        // VHOST_F_LOG_ALL is acked only while a migration runs, as QEMU does.
+        let logAllBit: UInt64 = 1 << 26
+        let features = offered & wantedFeatures & ~logAllBit
         let protocolFeaturesBit: UInt64 = 1 << 30
         if features & protocolFeaturesBit != 0 {
             let offeredProtocol = try queryU64(.getProtocolFeatures)

@@ -2,6 +2,7 @@ import Glibc
 import CTapwire
 import SystemCalls
 import Virtqueue
+import GuestMemory
 import RateLimiter
 
 /// What a service call leaves behind, so the loop knows when to come back.
@@ -306,6 +307,10 @@ extension NetDevice {
                     var count = UInt16(used)
                     withUnsafeBytes(of: &count) { vectors.write($0, at: 10, startingAt: first.firstVector) }
                 }
+                if let log = ring.dirtyLog {
+                    logReceiveWrite(log, queue, ring, from: first.firstVector, count: vectors.count - first.firstVector,
+                                    bytes: max(n, headerSize))
+                }
                 pendingStart += used
                 if n < headerSize {
                     queue.stats.drop(.truncated)
@@ -478,6 +483,9 @@ extension NetDevice {
                 var one: UInt16 = 1
                 withUnsafeBytes(of: &one) { vectors.write($0, at: 10, startingAt: chain.firstVector) }
             }
+            if let log = ring.dirtyLog {
+                logReceiveWrite(log, queue, ring, from: chain.firstVector, count: chain.vectorCount, bytes: max(length, headerSize))
+            }
             if length < headerSize || length < result {
                 queue.stats.drop(.truncated)
                 continue
@@ -512,6 +520,33 @@ extension NetDevice {
     func dropTapRing(pair: Int) {
         queues[2 * pair].tapRing = nil
         queues[2 * pair + 1].tapRing = nil
+    }
+
+    /// Marks in the migration's dirty log the pages of the first `bytes` bytes that a receive
+    /// wrote through the iovecs from `first` on (at most `count` of them): the frame with its
+    /// virtio-net header and num_buffers, and nothing else.
+    func logReceiveWrite(_ log: DirtyLog, _ queue: QueueState, _ ring: SplitQueue, from first: Int, count: Int, bytes: Int) {
+        var remaining = bytes
+        var index = first
+        let end = min(first + count, queue.vectors.count)
+        while remaining > 0 && index < end {
+            // SAFETY: index < vectors.count; each iovec was built from a region of `ring.memory`.
+            let vector = queue.vectors.vectors[index]
+            let length = min(remaining, vector.iov_len)
+            if let base = vector.iov_base, !log.mark(host: base, length: length, in: ring.memory) {
+                noteUnloggedWrite(queue)
+            }
+            remaining -= length
+            index += 1
+        }
+    }
+
+    func noteUnloggedWrite(_ queue: QueueState) {
+        queue.unloggedWrites &+= 1
+        let count = queue.unloggedWrites
+        if count & (count - 1) == 0 {
+            logger.error("queue \(queue.index): wrote guest memory beyond the dirty log (\(count) so far): the migration may copy stale pages")
+        }
     }
 
     // MARK: - Accounting and rate-limited logging

@@ -29,6 +29,8 @@ public enum NetFeature {
     /// Everything to leave out for a guest that takes only MTU-sized frames (ECN goes with TSO).
     public static let guestLargeReceive = guestGSO | guestECN
 
+    /// VHOST_F_LOG_ALL: the frontend is migrating the guest; log every write to its memory.
+    public static let logAll: UInt64 = 1 << 26
     public static let ringIndirect: UInt64 = 1 << 28
     public static let ringEventIndex: UInt64 = 1 << 29
     public static let protocolFeatures: UInt64 = 1 << 30
@@ -42,7 +44,7 @@ public enum NetFeature {
         (mac, "MAC"), (guestTSO4, "GUEST_TSO4"), (guestTSO6, "GUEST_TSO6"), (guestECN, "GUEST_ECN"),
         (guestUFO, "GUEST_UFO"), (hostTSO4, "HOST_TSO4"), (hostTSO6, "HOST_TSO6"), (hostECN, "HOST_ECN"),
         (hostUFO, "HOST_UFO"), (mergeableRxBuffers, "MRG_RXBUF"), (status, "STATUS"), (ctrlVQ, "CTRL_VQ"),
-        (guestAnnounce, "GUEST_ANNOUNCE"), (multiqueue, "MQ"), (ringIndirect, "RING_INDIRECT_DESC"),
+        (guestAnnounce, "GUEST_ANNOUNCE"), (multiqueue, "MQ"), (logAll, "LOG_ALL"), (ringIndirect, "RING_INDIRECT_DESC"),
         (ringEventIndex, "RING_EVENT_IDX"), (protocolFeatures, "PROTOCOL_FEATURES"), (version1, "VERSION_1"),
         (ringPacked, "RING_PACKED"), (ringReset, "RING_RESET"),
         (guestUSO4, "GUEST_USO4"), (guestUSO6, "GUEST_USO6"), (hostUSO, "HOST_USO"),

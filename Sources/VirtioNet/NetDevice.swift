@@ -72,6 +72,9 @@ public final class NetDevice {
     public private(set) var memory: GuestMemoryMap?
     public private(set) var headerSize = 12
     public private(set) var frontendMTU: Int?
+    /// The frontend's dirty-page log (SET_LOG_BASE); written only while LOG_ALL is acked.
+    public private(set) var dirtyLog: DirtyLog?
+    public var loggingDirtyPages: Bool { ackedFeatures & NetFeature.logAll != 0 && dirtyLog != nil }
     public let queues: [QueueState]
     private var mappedRegions: [(description: RegionDescription, region: MemoryRegion)] = []
     private var configSpace: [UInt8]
@@ -84,13 +87,14 @@ public final class NetDevice {
     /// queue, which QEMU keeps), instead of sending SEND_RARP. RING_RESET is never offered: QEMU 10
     /// passes it to the guest but resets a queue only for its kernel vhost backend, so a guest that
     /// resets a ring (`ethtool -G`) would start it afresh while tapwire kept its old indexes.
+    /// LOG_ALL: live migration, with the dirty log that SET_LOG_BASE hands over.
     public static let backendFeatures: UInt64 = NetFeature.version1 | NetFeature.ringIndirect | NetFeature.ringEventIndex
-        | NetFeature.protocolFeatures | NetFeature.status | NetFeature.guestAnnounce
+        | NetFeature.protocolFeatures | NetFeature.status | NetFeature.guestAnnounce | NetFeature.logAll
 
     /// CONFIG is not offered: QEMU's net device never uses it and warns when offered, but
     /// GET_CONFIG/SET_CONFIG are still answered for frontends that send them.
     public static let supportedProtocolFeatures: [ProtocolFeature] = [
-        .multiqueue, .replyAck, .netMTU, .resetDevice, .configureMemSlots,
+        .multiqueue, .replyAck, .netMTU, .resetDevice, .configureMemSlots, .logSharedMemory, .rarp,
     ]
 
     public init(config: NetDeviceConfig, tap: Tap?, logger: Logger, now: UInt64) {
@@ -227,7 +231,12 @@ public final class NetDevice {
             }
             onQueuesChanged()
             return .done
-        case .sendRARP:
+        case .sendRARP(let mac):
+            return announce(mac: mac)
+        case .setLogBase(let size, let offset, let fd):
+            return setLogBase(size: size, offset: offset, fd)
+        case .setLogFD:
+            // Only kernel vhost signals log updates through it; the descriptor is closed.
             return .done
         case .netSetMTU(let mtu):
             guard mtu >= 68, mtu <= 65535 else { return .failed("NET_SET_MTU \(mtu) outside 68...65535") }
@@ -259,10 +268,19 @@ public final class NetDevice {
         guard unknown == 0 else {
             return .failed("SET_FEATURES acks features that were not offered: \(NetFeature.describe(unknown).joined(separator: ","))")
         }
-        if queues.contains(where: { $0.ring != nil }) && features != ackedFeatures {
+        // QEMU turns LOG_ALL on and off while the guest runs (start and end of a migration).
+        if queues.contains(where: { $0.ring != nil }) && (features ^ ackedFeatures) & ~NetFeature.logAll != 0 {
             return .failed("SET_FEATURES changes features while queues are running")
         }
+        if features & NetFeature.logAll != 0 && dirtyLog == nil {
+            return .failed("SET_FEATURES acks LOG_ALL, but no SET_LOG_BASE gave a log to write")
+        }
+        let loggingChanged = (features ^ ackedFeatures) & NetFeature.logAll != 0
         ackedFeatures = features
+        if loggingChanged {
+            applyDirtyLog()
+            logger.info("dirty-page logging \(features & NetFeature.logAll != 0 ? "on: a migration is under way" : "off")")
+        }
         featuresSet = true
         headerSize = NetHeader.size(forFeatures: features)
         if !protocolFeaturesNegotiated { for queue in queues where queue.started { queue.enabled = true } }
@@ -341,6 +359,10 @@ public final class NetDevice {
         mappedRegions = regions
         memory = map
         logger.info("\(what): \(regions.count) region(s), \(map.totalSize >> 20) MiB of guest memory")
+        if let dirtyLog, map.guestEnd > dirtyLog.coveredBytes {
+            // QEMU grows the log before it adds memory; pages past its end cannot be marked.
+            logger.error("\(what): guest memory now reaches \(hex(map.guestEnd)), past the dirty log's \(hex(dirtyLog.coveredBytes)); writes there go unlogged until a larger SET_LOG_BASE")
+        }
         for queue in queues where queue.ring != nil || queue.started {
             let position = queue.ring.map { ($0.nextAvail, $0.nextUsed) }
             queue.ring = nil
@@ -354,7 +376,9 @@ public final class NetDevice {
 
     private func setVringAddress(_ a: VringAddress) -> HandlerReply {
         guard let queue = queue(a.index) else { return .failed("SET_VRING_ADDR for queue \(a.index), only \(queues.count) exist") }
-        guard a.flags & ~1 == 0 else { return .failed("SET_VRING_ADDR flags 0x\(String(a.flags, radix: 16)): logging is not supported") }
+        guard a.flags & ~VhostUserLimits.vringFlagLog == 0 else {
+            return .failed("SET_VRING_ADDR flags 0x\(String(a.flags, radix: 16)): only VHOST_VRING_F_LOG (1) is defined")
+        }
         queue.address = a
         if queue.ring != nil {
             let position = (queue.ring!.nextAvail, queue.ring!.nextUsed)
@@ -389,6 +413,7 @@ public final class NetDevice {
             queue.ring = SplitQueue(size: queue.size, ring: pointers, memory: memory, nextAvail: nextAvail, nextUsed: nextUsed,
                                     indirectAllowed: ackedFeatures & NetFeature.ringIndirect != 0,
                                     eventIndex: ackedFeatures & NetFeature.ringEventIndex != 0)
+            applyDirtyLog(to: queue)
             logger.debug("queue \(queue.index) started: size \(queue.size), avail \(nextAvail), used \(nextUsed)")
         }
     }
@@ -435,10 +460,70 @@ public final class NetDevice {
         mappedRegions = []
         ackedFeatures = 0
         featuresSet = false
+        dirtyLog = nil
         headerSize = 12
         frontendMTU = nil
         if let tap { try? tap.setOffload(0) }
         onQueuesChanged()
+    }
+
+    // MARK: - Live migration
+
+    /// SET_LOG_BASE: maps the frontend's dirty log, which must cover all of guest memory and
+    /// must never shrink under us (a mapping past the end of a truncated file faults). The
+    /// reply is an empty message: QEMU waits for it before it turns logging on.
+    private func setLogBase(size: UInt64, offset: UInt64, _ fd: Descriptor) -> HandlerReply {
+        guard size > 0 else { return .failed("SET_LOG_BASE: a log of 0 bytes") }
+        let (length, overflow) = size.addingReportingOverflow(offset)
+        guard !overflow, length <= UInt64(Int.max) else { return .failed("SET_LOG_BASE: size \(size) + offset \(offset) overflows") }
+        guard MemFD.cannotShrink(fd.raw) else {
+            return .failed("SET_LOG_BASE: the log's file is not sealed against shrinking (F_SEAL_SHRINK), so it could be truncated under the mapping")
+        }
+        let fileSize: UInt64
+        do { fileSize = try fd.fileSize() } catch { return .failed("SET_LOG_BASE: \(error)") }
+        guard fileSize >= length else {
+            return .failed("SET_LOG_BASE: size \(size) + offset \(offset) exceeds the \(fileSize)-byte file")
+        }
+        let mapping: MemoryMapping
+        do { mapping = try MemoryMapping(descriptor: fd.raw, length: Int(length)) } catch { return .failed("SET_LOG_BASE: \(error)") }
+        let log = DirtyLog(bitmap: mapping.base + Int(offset), byteCount: size, owner: mapping)
+        if let memory, memory.guestEnd > log.coveredBytes {
+            return .failed("SET_LOG_BASE: a log of \(size) bytes covers guest memory up to \(hex(log.coveredBytes)), but it reaches \(hex(memory.guestEnd))")
+        }
+        dirtyLog = log
+        applyDirtyLog()
+        logger.info("dirty log of \(size) bytes for guest memory up to \(hex(log.coveredBytes))")
+        return .payload([])
+    }
+
+    /// Gives every running ring the log while LOG_ALL is acked, and takes it away after.
+    private func applyDirtyLog() {
+        for queue in queues { applyDirtyLog(to: queue) }
+    }
+
+    private func applyDirtyLog(to queue: QueueState) {
+        guard let ring = queue.ring else { return }
+        ring.dirtyLog = loggingDirtyPages ? dirtyLog : nil
+        if let address = queue.address, address.flags & VhostUserLimits.vringFlagLog != 0 {
+            ring.usedRingLogAddress = address.log
+        } else {
+            ring.usedRingLogAddress = nil
+        }
+    }
+
+    /// SEND_RARP, on the destination of a migration for a guest that cannot announce itself:
+    /// a RARP from the guest's MAC into the TAP, as QEMU's own announce sends, so bridges and
+    /// switches learn the VM's new port at once.
+    private func announce(mac: [UInt8]) -> HandlerReply {
+        guard mac.count == MACAddress.length else { return .failed("SEND_RARP: \(mac.count)-byte MAC") }
+        guard let tap else { return .done }
+        var frame = [UInt8](repeating: 0, count: headerSize) + EthernetAnnounce.rarp(from: mac)
+        let written = frame.withUnsafeMutableBytes { VectorIO.write(tap.queues[0].raw, $0.baseAddress!, count: $0.count) }
+        guard written == frame.count else {
+            return .failed("SEND_RARP: writing the announce to \(tap.name) failed (\(written < 0 ? String(cString: strerror(Int32(-written))) : "short write"))")
+        }
+        logger.info("announced \(MACAddress.format(mac)) on \(tap.name) (RARP)")
+        return .done
     }
 
     // MARK: - Limits

@@ -103,6 +103,8 @@ public final class QueueState {
     var callFD: Int32 = -1
     /// Counts chains taken for receive, to tell whether unfilled ones can be given back.
     var popSequence: UInt64 = 0
+    /// Receive writes the dirty log could not cover (it ended before that guest memory).
+    var unloggedWrites: UInt64 = 0
 
     let moderation: InterruptModeration
     /// When this queue last interrupted the guest (monotonic ns; 0: not yet), and its byte

@@ -27,6 +27,12 @@ public final class SplitQueue {
     /// reconnect it may be stale).
     private var signalledUsedValid = false
 
+    /// While a live migration logs dirty pages (VHOST_F_LOG_ALL): the log, for every byte the
+    /// device writes into this queue's guest buffers and, with `usedRingLogAddress`, its used ring.
+    public var dirtyLog: DirtyLog?
+    /// The used ring's guest physical address, given in SET_VRING_ADDR with VHOST_VRING_F_LOG.
+    public var usedRingLogAddress: UInt64?
+
     public init(size: UInt16, ring: RingPointers, memory: GuestMemoryMap, nextAvail: UInt16, nextUsed: UInt16,
                 indirectAllowed: Bool, eventIndex: Bool) {
         precondition(Ring.isValidSize(UInt32(size)), "queue size validated by the caller")
@@ -171,6 +177,15 @@ public final class SplitQueue {
         guard publishedUsed != nextUsed else { return }
         tw_store_release_u16(ring.used + 2, nextUsed)
         publishedUsed = nextUsed
+        logUsedRingWrite()
+    }
+
+    /// Marks the used ring's pages in the dirty log (entries, index, flags and avail_event:
+    /// the ring is small, so all of it), when a migration is logging.
+    @inline(__always)
+    func logUsedRingWrite() {
+        guard let dirtyLog, let usedRingLogAddress else { return }
+        dirtyLog.mark(guestPhysical: usedRingLogAddress, length: Ring.usedRingBytes(size))
     }
 
     /// Whether the guest asked to be interrupted for what was published since the last signal.
@@ -210,6 +225,7 @@ public final class SplitQueue {
         } else {
             tw_store_relaxed_u16(ring.used, 0)
         }
+        logUsedRingWrite()
         tw_fence_seq_cst()
         return try pendingCount() > 0
     }
@@ -219,6 +235,7 @@ public final class SplitQueue {
     public func disableKicks() {
         if !eventIndex {
             tw_store_relaxed_u16(ring.used, Ring.usedNoNotify)
+            logUsedRingWrite()
         }
     }
 
@@ -227,6 +244,7 @@ public final class SplitQueue {
     public func updateAvailEvent() {
         if eventIndex {
             tw_store_relaxed_u16(ring.used + 4 + 8 * Int(size), nextAvail)
+            logUsedRingWrite()
         }
     }
 }

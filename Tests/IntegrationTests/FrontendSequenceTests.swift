@@ -44,7 +44,7 @@ import VhostUserFrontend
                 try fe.command(.setVringEnable, payload: MessageEncoder.vringState(index: index, num: 1))
             }
         }
-        let features = offered & ~NetFeature.guestGSO
+        let features = offered & ~NetFeature.guestGSO & ~NetFeature.logAll
         try fe.send(.setFeatures, payload: MessageEncoder.u64(features))
         try fe.command(.addMemReg, payload: MessageEncoder.singleRegion(fe.memoryRegion), fds: [fe.arena.fd])
         for index in 0..<2 { try fe.setUpQueue(index, size: 256, eventIndex: features & NetFeature.ringEventIndex != 0) }

@@ -109,8 +109,18 @@ func eventfd() throws -> Descriptor { try EventFD.make() }
         #expect(throws: ProtocolError.unknownRequest(999)) {
             try MessageDecoder.decode(header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0), descriptors: [])
         }
-        guard case .unsupported(let r) = try decode(.setLogBase, MessageEncoder.u64(0)) else { Issue.record("wrong case"); return }
-        #expect(r == .setLogBase)
+        guard case .unsupported(let r) = try decode(.postcopyAdvise, MessageEncoder.u64(0)) else { Issue.record("wrong case"); return }
+        #expect(r == .postcopyAdvise)
+    }
+
+    @Test func setLogBaseCarriesSizeOffsetAndItsMemfd() throws {
+        guard case .setLogBase(let size, let offset, _) = try decode(.setLogBase, MessageEncoder.logBase(size: 2048, offset: 4096),
+                                                                   fds: [try eventfd()]) else {
+            Issue.record("wrong case"); return
+        }
+        #expect(size == 2048 && offset == 4096)
+        #expect(throws: ProtocolError.self, "the memfd is required") { try decode(.setLogBase, MessageEncoder.logBase(size: 2048, offset: 0)) }
+        #expect(throws: ProtocolError.self, "the payload is two u64s") { try decode(.setLogBase, MessageEncoder.u64(2048), fds: [try eventfd()]) }
     }
 
     @Test func addMemRegCarriesOneRegion() throws {

@@ -97,6 +97,8 @@ private func summary(_ message: VhostUserMessage) -> String {
     case .getConfig(let o, let s, let f): return "GET_CONFIG \(o) \(s) \(f)"
     case .setConfig(let o, let f, let d): return "SET_CONFIG \(o) \(f) \(d)"
     case .setBackendReqFD: return "SET_BACKEND_REQ_FD"
+    case .setLogBase(let size, let offset, _): return "SET_LOG_BASE \(size) \(offset)"
+    case .setLogFD: return "SET_LOG_FD"
     case .unsupported(let r): return "unsupported \(r.name)"
     }
 }
@@ -224,6 +226,13 @@ private func verify(_ message: VhostUserMessage, header: MessageHeader, payload 
         check(fds == 0, "SET_CONFIG accepted with \(fds) descriptors")
     case .setBackendReqFD(let d):
         check(fds == 1 && d === descriptors[0], "SET_BACKEND_REQ_FD descriptor")
+        sameFD(d)
+    case .setLogBase(let logSize, let offset, let d):
+        check(size == 16 && logSize == u64(p, 0) && offset == u64(p, 8), "SET_LOG_BASE fields")
+        check(fds == 1 && d === descriptors[0], "SET_LOG_BASE descriptor")
+        sameFD(d)
+    case .setLogFD(let d):
+        check((size == 0 || size == 8) && fds == 1 && d === descriptors[0], "SET_LOG_FD payload and descriptor")
         sameFD(d)
     case .unsupported(let r):
         check(r.rawValue == header.request, "unsupported request number")

@@ -81,8 +81,12 @@ int tw_fcntl_getfl(int fd);
 int tw_fcntl_setfl(int fd, int flags);
 int tw_memfd_create(const char *name, unsigned int flags);
 int tw_accept_cloexec(int listener);
-/// MFD_CLOEXEC
-enum { TW_MFD_CLOEXEC = 1 };
+/// MFD_CLOEXEC, MFD_ALLOW_SEALING
+enum { TW_MFD_CLOEXEC = 1, TW_MFD_ALLOW_SEALING = 2 };
+/// F_GET_SEALS / F_ADD_SEALS on a memfd; -1 with errno on failure.
+int tw_fcntl_get_seals(int fd);
+int tw_fcntl_add_seals(int fd, int seals);
+enum { TW_F_SEAL_SEAL = 0x0001, TW_F_SEAL_SHRINK = 0x0002, TW_F_SEAL_GROW = 0x0004 };
 
 // ---- memory ordering on guest-shared memory ---------------------------------------
 // The guest writes rings concurrently; these loads/stores are single, untorn accesses
@@ -101,6 +105,9 @@ static inline void tw_store_relaxed_u16(void *p, uint16_t v) {
     __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
 }
 static inline void tw_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+// The dirty-page log is shared with the frontend and every queue thread: bits are set with an
+// atomic OR, never a read-modify-write that could drop another writer's bit.
+static inline void tw_atomic_or_u8(void *p, uint8_t bits) { __atomic_fetch_or((uint8_t *)p, bits, __ATOMIC_RELAXED); }
 static inline void tw_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 static inline void tw_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 
