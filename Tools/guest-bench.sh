@@ -2,8 +2,10 @@
 # Real-guest comparison in one run: the same guest, device options and iperf3 load through
 # QEMU's own TAP backend (-netdev tap,vhost=off), through tapwire, and through tapwire with
 # --offloads none. Rounds are interleaved so machine noise hits every backend alike; the
-# table shows medians and ratios against QEMU's TAP backend.
-# Usage: Tools/guest-bench.sh [--rounds N] [--time SECONDS] [--tapwire BIN] [--out FILE]
+# table shows medians and ratios against QEMU's TAP backend. With --qemu "7.2 10" (the default
+# when both are installed) every backend runs under each QEMU, and each QEMU's rows are
+# compared with its own TAP backend: QEMU 7.2 with vectors=0, QEMU 10 with MSI-X.
+# Usage: Tools/guest-bench.sh [--rounds N] [--time SECONDS] [--tapwire BIN] [--qemu "7.2 10"] [--out FILE]
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -11,12 +13,14 @@ ROUNDS=3
 TIME=5
 BIN=$TW_REPO_ROOT/.build/release/tapwire
 OUT=
+QEMUS=
 while (($#)); do
     case $1 in
         --rounds) ROUNDS=$2; shift ;;
         --time) TIME=$2; shift ;;
         --tapwire) BIN=$2; shift ;;
         --out) OUT=$2; shift ;;
+        --qemu) QEMUS=$2; shift ;;
         *) tw_die "unknown option $1" ;;
     esac
     shift
@@ -24,8 +28,20 @@ done
 tw_ensure_packages jq:jq
 [[ -x $BIN ]] || tw_die "tapwire binary not found at $BIN (make release)"
 
-names=("qemu-tap" "tapwire" "tapwire-no-offloads")
-args=("--backend qemu-tap" "--backend tapwire --tapwire $BIN" "--backend tapwire --tapwire $BIN --tapwire-args --offloads=none")
+if [[ -z $QEMUS ]]; then
+    QEMUS=7.2
+    [[ ! -x $TW_QEMU10_PREFIX/usr/bin/qemu-system-x86_64 ]] || QEMUS="7.2 10"
+fi
+read -r -a qemus <<<"$QEMUS"
+backends=("qemu-tap" "tapwire" "tapwire-no-offloads")
+backend_args=("--backend qemu-tap" "--backend tapwire --tapwire $BIN" "--backend tapwire --tapwire $BIN --tapwire-args --offloads=none")
+names=() args=()
+for q in "${qemus[@]}"; do
+    for i in "${!backends[@]}"; do
+        names+=("${backends[$i]}@qemu-$q")
+        args+=("${backend_args[$i]} --qemu $q")
+    done
+done
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
 
@@ -46,18 +62,21 @@ metric() { # metric NAME JQ-PATH
 }
 
 {
-    printf 'Real guest (TCG, 1 vCPU, virtio-net-pci vectors=0), %s rounds of %ss, medians; ratio = backend / qemu-tap\n' "$ROUNDS" "$TIME"
+    printf 'Real guest (TCG, 1 vCPU), %s rounds of %ss, medians; ratio = backend / qemu-tap under the same QEMU\n' "$ROUNDS" "$TIME"
     printf 'machine: %s, %s cores, kernel %s\n' "$(hostname)" "$(nproc)" "$(uname -r)"
-    printf '%-22s %14s %14s %14s %14s %10s %10s\n' backend "host->guest" ratio "guest->host" ratio "ping min" ratio
-    base_h2g=$(metric qemu-tap .iperf3_host_to_guest.gbps)
-    base_g2h=$(metric qemu-tap .iperf3_guest_to_host.gbps)
-    base_ping=$(metric qemu-tap .ping_host_to_guest_ms.min)
-    for name in "${names[@]}"; do
-        h2g=$(metric "$name" .iperf3_host_to_guest.gbps)
-        g2h=$(metric "$name" .iperf3_guest_to_host.gbps)
-        ping=$(metric "$name" .ping_host_to_guest_ms.min)
-        awk -v n="$name" -v a="$h2g" -v b="$g2h" -v p="$ping" -v ba="$base_h2g" -v bb="$base_g2h" -v bp="$base_ping" \
-            'BEGIN { printf "%-22s %9.2f Gb/s %13.2fx %9.2f Gb/s %13.2fx %7.3f ms %9.2fx\n", n, a, a / ba, b, b / bb, p, p / bp }'
-        printf 'RESULT bench=guest backend=%s h2g_gbps=%s g2h_gbps=%s ping_min_ms=%s\n' "$name" "$h2g" "$g2h" "$ping" >&2
+    printf '%-32s %14s %14s %14s %14s %10s %10s\n' backend "host->guest" ratio "guest->host" ratio "ping min" ratio
+    for q in "${qemus[@]}"; do
+        base_h2g=$(metric "qemu-tap@qemu-$q" .iperf3_host_to_guest.gbps)
+        base_g2h=$(metric "qemu-tap@qemu-$q" .iperf3_guest_to_host.gbps)
+        base_ping=$(metric "qemu-tap@qemu-$q" .ping_host_to_guest_ms.min)
+        for b in "${backends[@]}"; do
+            name="$b@qemu-$q"
+            h2g=$(metric "$name" .iperf3_host_to_guest.gbps)
+            g2h=$(metric "$name" .iperf3_guest_to_host.gbps)
+            ping=$(metric "$name" .ping_host_to_guest_ms.min)
+            awk -v n="$name" -v a="$h2g" -v b="$g2h" -v p="$ping" -v ba="$base_h2g" -v bb="$base_g2h" -v bp="$base_ping" \
+                'BEGIN { printf "%-32s %9.2f Gb/s %13.2fx %9.2f Gb/s %13.2fx %7.3f ms %9.2fx\n", n, a, a / ba, b, b / bb, p, p / bp }'
+            printf 'RESULT bench=guest backend=%s h2g_gbps=%s g2h_gbps=%s ping_min_ms=%s\n' "$name" "$h2g" "$g2h" "$ping" >&2
+        done
     done
 } | tee "${OUT:-/dev/null}"
