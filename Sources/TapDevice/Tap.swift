@@ -15,6 +15,8 @@ public final class Tap: @unchecked Sendable {
     /// writes (one thread serves a queue); empty until `enableBatchedIO`, and where io_uring
     /// is unavailable.
     public private(set) var ioRings: [IOUring] = []
+    /// Whether each queue is attached (TUNSETQUEUE); every queue is attached when opened.
+    public private(set) var queueAttached: [Bool] = []
 
     public enum OpenError: Error, CustomStringConvertible, Sendable {
         case noTunDevice(SystemError)
@@ -69,6 +71,7 @@ public final class Tap: @unchecked Sendable {
         }
         self.name = actualName
         self.queues = opened
+        self.queueAttached = [Bool](repeating: true, count: opened.count)
         self.vnetHeaderSize = vnetHeaderSize
         try setVnetHeaderSize(vnetHeaderSize)
     }
@@ -129,13 +132,16 @@ public final class Tap: @unchecked Sendable {
         if tw_if_set_mtu(name, Int32(mtu)) < 0 { throw SystemError("set MTU \(mtu) on \(name)", errno: Glibc.errno) }
     }
 
-    /// Enables or disables one queue of a multiqueue TAP (TUNSETQUEUE).
+    /// Enables or disables one queue of a multiqueue TAP (TUNSETQUEUE). QEMU repeats enables
+    /// (every channel change re-enables pair 0); the kernel refuses a queue that is already in
+    /// the asked state, so only changes reach it.
     public func setQueueEnabled(_ index: Int, _ enabled: Bool) throws(SystemError) {
-        guard queues.count > 1 else { return }
+        guard queues.count > 1, queueAttached[index] != enabled else { return }
         let flags = enabled ? TW_IFF_ATTACH_QUEUE : TW_IFF_DETACH_QUEUE
         if tw_tun_set_queue(queues[index].raw, Int32(flags)) < 0 {
             throw SystemError("TUNSETQUEUE \(enabled ? "attach" : "detach") \(index) on \(name)", errno: Glibc.errno)
         }
+        queueAttached[index] = enabled
     }
 }
 

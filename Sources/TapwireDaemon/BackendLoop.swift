@@ -43,6 +43,9 @@ public final class BackendLoop: @unchecked Sendable {
     private var reconnectDelayMilliseconds = 100
     /// The errno of the last connect failure logged, and when (0: none since the last connect).
     private var lastConnectFailure: (errno: Int32, loggedAt: UInt64) = (0, 0)
+    /// Frontends refused while one was connected, and when that was last logged.
+    private var refusedFrontends = 0
+    private var lastRefusalLogged: UInt64 = 0
     private var running = true
     private var queuesChanged = false
     public private(set) var connectionsAccepted = 0
@@ -159,7 +162,13 @@ public final class BackendLoop: @unchecked Sendable {
             return
         }
         if connection != nil {
-            logger.warning("refusing a second frontend: one VM per tapwire, and one is connected")
+            // QEMU's netdev_add retries at once, thousands of times a second: say it sparingly.
+            refusedFrontends += 1
+            let now = monotonicNanoseconds()
+            if refusedFrontends == 1 || now &- lastRefusalLogged >= Self.connectFailureLogInterval {
+                logger.warning("refusing a second frontend: one VM per tapwire, and one is connected (\(refusedFrontends) refused so far)")
+                lastRefusalLogged = now
+            }
             return
         }
         adopt(socket)
@@ -196,6 +205,7 @@ public final class BackendLoop: @unchecked Sendable {
         }
     }
 
+    /// A repeated connect failure or refusal is logged at most this often (ns).
     private static let connectFailureLogInterval: UInt64 = 60_000_000_000
 
     private func adopt(_ socket: Descriptor) {

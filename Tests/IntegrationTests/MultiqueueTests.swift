@@ -93,4 +93,20 @@ import VhostUserFrontend
         #expect(received == 64, "every injected frame reached one of the receive queues")
         #expect(perQueue.count == 2, "the kernel spread flows over both TAP queues: \(perQueue)")
     }
+    /// QEMU repeats SET_VRING_ENABLE (pair 0 again at every channel change, pair 1 off several
+    /// times at start-up): only changes reach the TAP, whose queues follow the guest's pairs.
+    @Test(.enabled(if: tunAvailable, "needs root and /dev/net/tun"))
+    func repeatedEnablesOnlyChangeTheTapQueueOnce() throws {
+        let name = uniqueTapName("mqe")
+        let backend = try RunningBackend(tapName: name, config: NetDeviceConfig(queuePairs: 2))
+        defer { backend.stop() }
+        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
+        try fe.start(queueCount: 4)
+        for (index, enable): (UInt32, UInt32) in [(2, 0), (2, 0), (0, 1), (0, 1), (3, 0)] {
+            try fe.command(.setVringEnable, payload: MessageEncoder.vringState(index: index, num: enable))
+        }
+        #expect(backend.onLoop { $0.device.tap?.queueAttached ?? [] } == [true, false], "pair 1's TAP queue detached once")
+        try fe.command(.setVringEnable, payload: MessageEncoder.vringState(index: 2, num: 1))
+        #expect(backend.onLoop { $0.device.tap?.queueAttached ?? [] } == [true, true])
+    }
 }
