@@ -55,7 +55,7 @@ public enum UnixSocket {
             }
             return nil
         case EACCES, EPERM:
-            return "this process (uid \(getuid()), gid \(getgid()), no capabilities) may not write to the socket or search its directory: "
+            return "This process (uid \(getuid()), gid \(getgid()), no capabilities) may not write to the socket or search its directory: "
                 + "run tapwire with --user USER:GROUP whose user or group owns the socket (for libvirt's mode='server': its group libvirt-qemu), "
                 + "or let the frontend create the socket with wider permissions"
         case ENOTDIR, ELOOP, ENAMETOOLONG:

@@ -32,7 +32,10 @@ final class QueuePairWorker: @unchecked Sendable {
     /// Fires when an interrupt held back by moderation is due.
     private let interruptTimer: Descriptor
     private var interruptTimerDeadline: UInt64 = 0
-    private var registeredKicks: [Int32] = [-1, -1]
+    /// The kick eventfds this thread's epoll watches, held so that each stays open until it is
+    /// removed from the epoll: closed first, its entry would outlive it (the frontend still
+    /// holds the file) and could no longer be removed, waking the thread for ever.
+    private var watchedKicks: [Descriptor?] = [nil, nil]
     private var tapInterest = false
     /// The receive queue waits for a kick (no buffers) or its timer (throttled).
     private var rxWaiting = false
@@ -151,7 +154,7 @@ final class QueuePairWorker: @unchecked Sendable {
         let slot = Int(token & 0xffff_ffff)
         switch token & Token.kindMask {
         case Token.kick:
-            EventFD.drain(registeredKicks[slot])
+            if let kick = watchedKicks[slot] { EventFD.drain(kick.raw) }
             device.queues[queueIndex(slot)].stats.kicks &+= 1
             mark(slot)
             if slot == 0 { rxWaiting = false; rxNeedsBuffers = false; updateTapInterest() }
@@ -221,15 +224,15 @@ final class QueuePairWorker: @unchecked Sendable {
     func reconcile() {
         for slot in 0..<2 {
             let queue = device.queues[queueIndex(slot)]
-            let wanted = queue.isRunning ? (queue.kick?.raw ?? -1) : -1
-            let current = registeredKicks[slot]
-            if wanted != current {
-                if current >= 0 { epoll.remove(current) }
-                registeredKicks[slot] = -1
-                if wanted >= 0 {
+            let wanted = queue.isRunning ? queue.kick : nil
+            let current = watchedKicks[slot]
+            if wanted !== current {
+                if let current { epoll.remove(current.raw) }
+                watchedKicks[slot] = nil
+                if let wanted {
                     do {
-                        try epoll.add(wanted, events: Epoll.readable, token: Token.kick | UInt64(slot))
-                        registeredKicks[slot] = wanted
+                        try epoll.add(wanted.raw, events: Epoll.readable, token: Token.kick | UInt64(slot))
+                        watchedKicks[slot] = wanted
                     } catch {
                         logger.error("queue \(queue.index): cannot watch its kick fd: \(error)")
                     }

@@ -217,6 +217,13 @@ public final class NetDevice {
             guard let queue = queue(index) else { return .failed("SET_VRING_CALL for queue \(index), only \(queues.count) exist") }
             queue.call = fd
             queue.callFD = fd?.raw ?? -1
+            if let ring = queue.ring, let fd {
+                // QEMU 10 sends the guest's interrupt eventfd after the kick that started the
+                // ring: an interrupt already sent went to its placeholder and was lost, and
+                // event-idx suppression would never send another. Tell the guest again now.
+                ring.forgetSignalledState()
+                EventFD.signal(fd.raw)
+            }
             return .done
         case .setVringErr(let index, let fd):
             guard let queue = queue(index) else { return .failed("SET_VRING_ERR for queue \(index), only \(queues.count) exist") }

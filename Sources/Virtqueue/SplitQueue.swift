@@ -198,6 +198,12 @@ public final class SplitQueue {
         return wanted
     }
 
+    /// The interrupt eventfd changed: what was signalled on the old one may never have reached
+    /// the guest, so the next interrupt goes out whatever used_event says.
+    public func forgetSignalledState() {
+        signalledUsedValid = false
+    }
+
     /// `needsInterrupt()` without recording anything: for a caller that may hold the
     /// interrupt back and ask again later (the range since the last signal then still counts).
     @inline(__always)

@@ -96,6 +96,39 @@ import VhostUserFrontend
         #expect(tx.waitForUsed(count: 1, timeoutMilliseconds: 3000).count == 1, "the queue starts normally afterwards")
     }
 
+    /// QEMU 10 (MSI-X) hands over the guest's real interrupt eventfd with a SET_VRING_CALL that
+    /// follows the kick: what tapwire signalled before went to a placeholder. The new eventfd
+    /// is signalled at once, and the next interrupt is not suppressed by event idx.
+    @Test func aNewCallEventfdOnARunningQueueIsSignalled() throws {
+        let backend = try RunningBackend()
+        defer { backend.stop() }
+        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
+        try fe.start()
+        let tx = try #require(fe.queues[1])
+        tx.driver.post([fe.transmitBuffer(seed: 1)])
+        tx.notify()
+        #expect(tx.waitForUsed(count: 1, timeoutMilliseconds: 3000).count == 1)
+        let replacement = try EventFD.make()
+        try fe.command(.setVringCall, payload: MessageEncoder.u64(1), fds: [replacement.raw])
+        var pfd = pollfd(fd: replacement.raw, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&pfd, 1, 2000) == 1, "the new call eventfd is signalled")
+    }
+
+    /// GET_VRING_BASE stops a queue while the frontend keeps (and may still signal) its kick
+    /// eventfd: the backend must stop watching it, not wake on it for ever.
+    @Test func kicksAfterGetVringBaseAreNotWatched() throws {
+        let backend = try RunningBackend()
+        defer { backend.stop() }
+        let fe = try VhostUserFrontend(connectingTo: backend.socketPath)
+        try fe.start()
+        let tx = try #require(fe.queues[1])
+        _ = try fe.stopQueue(1)
+        let before = backend.stats(queue: 1).kicks
+        for _ in 0..<5 { tx.notify() }
+        usleep(200_000)
+        #expect(backend.stats(queue: 1).kicks - before == 0, "a stopped queue's kicks are not counted")
+    }
+
     /// QEMU 7.2 never resets during start-up: features, then memory table, then queues with
     /// their enables after the kick.
     @Test func qemu72StartUp() throws {
