@@ -4,7 +4,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 RELEASE_BIN := .build/release/tapwire
 
-.PHONY: all deps build release test unit e2e demo fuzz fuzz-smoke sanitizers soak bench bench-alloc clean
+.PHONY: all deps build release test unit e2e matrix demo fuzz fuzz-smoke sanitizers soak bench bench-alloc clean
 FUZZ_SECONDS ?= 600
 
 all: build
@@ -20,8 +20,9 @@ release: deps
 	$(SWIFT) build -c release --product tapwirectl
 	$(SWIFT) build -c release --product tapwire-perf
 
-# Everything: unit, protocol and real-TAP suites (Swift Testing), then a real QEMU guest
-# through tapwire, the operator checks, restart survival and rate limits with that guest.
+# Everything: unit, protocol and real-TAP suites (Swift Testing), fuzz smoke, sanitizers, the
+# allocation check, then every frontend users run against tapwire (real QEMU 7.2 and 10 guests,
+# libvirt, DPDK, live migration), the operator checks, restart survival and rate limits.
 test: deps
 	@echo "== unit, protocol and TAP tests"
 	$(SWIFT) build --build-tests
@@ -36,10 +37,8 @@ test: deps
 	@echo "== no allocation on the packet path (malloc counts per frame, steady state)"
 	@$(MAKE) --no-print-directory bench-alloc
 	@$(MAKE) --no-print-directory release
-	@echo "== real guest through tapwire (ping and iperf3 both ways)"
-	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 4
-	@echo "== the same without offloads: 1.5 KiB buffers, so receive reads go in io_uring batches"
-	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN) --time 3 --tapwire-args --offloads=none
+	@echo "== the frontend matrix: QEMU 7.2 and 10.0 guests, multiqueue and hot-plug, libvirt 11.3, DPDK virtio-user, live migration"
+	Tools/frontend-matrix.sh --tapwire $(RELEASE_BIN) --markdown .build/tested-with.md
 	@echo "== operator checks: CapEff, tapwirectl, API errors, unprivileged run"
 	Tools/control-check.sh
 	@echo "== restart survival: SIGKILL/SIGTERM under a running guest, new QEMU, client mode"
@@ -54,6 +53,10 @@ unit: deps
 
 e2e: release
 	Tools/e2e.sh --backend tapwire --tapwire $(RELEASE_BIN)
+
+# The frontend matrix alone (the README's "Tested with" table).
+matrix: release
+	Tools/frontend-matrix.sh --tapwire $(RELEASE_BIN) --markdown .build/tested-with.md
 
 # The main job: boot a real guest through tapwire and show it working.
 demo: release
