@@ -6,7 +6,7 @@
 #   QEMU 10.0: multiqueue with channel changes, NIC and memory hot-plug (Tools/qemu10-check.sh);
 #   libvirt 11.3 on QEMU 7.2 and 10.0, both socket modes, reconnect (Tools/libvirt-check.sh);
 #   DPDK's virtio-user frontend, mrg_rxbuf=0/1, in_order=1, packed_vq=1 (Tools/dpdk-frontend-check.sh);
-#   live migration on QEMU 10.0 between two tapwires (Tools/migration-check.sh).
+#   live migration on QEMU 10.0 between two tapwires, on one host and across two (Tools/migration-check.sh).
 # Every row runs even when an earlier one failed; the exit status says whether all passed.
 #
 # Usage: Tools/frontend-matrix.sh [--tapwire BIN] [--only LIST] [--markdown FILE]
@@ -95,6 +95,7 @@ if wanted dpdk; then
 fi
 if wanted migration; then
     script_rows "QEMU live migration" 10.0 "$TW_REPO_ROOT/Tools/migration-check.sh" --tapwire "$TAPWIRE"
+    script_rows "QEMU live migration, two hosts" 10.0 "$TW_REPO_ROOT/Tools/migration-check.sh" --tapwire "$TAPWIRE" --two-hosts
 fi
 
 table() {
