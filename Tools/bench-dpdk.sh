@@ -83,37 +83,8 @@ BE_PREFIX=twbbe$$
 
 # ---------------------------------------------------------------- hugepages
 
-# Two testpmd processes with -m 512 each: 512 pages of 2 MiB, plus a margin. Everything is
-# put back as it was, in reverse order: our page files, the mount, the page count.
-PAGES_NEEDED=600
-[[ $(awk '/^Hugepagesize:/ { print $2 }' /proc/meminfo) == 2048 ]] || tw_die "expected 2 MiB default hugepages"
-free_pages=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
-if ((free_pages < PAGES_NEEDED)); then
-    old_pages=$(cat /proc/sys/vm/nr_hugepages)
-    tw_at_exit "echo $old_pages >/proc/sys/vm/nr_hugepages"
-    echo $((old_pages + PAGES_NEEDED - free_pages)) >/proc/sys/vm/nr_hugepages
-    free_pages=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
-    ((free_pages >= PAGES_NEEDED)) || tw_die "only $free_pages free hugepages after asking for more (need $PAGES_NEEDED)"
-fi
-# unmount_hugetlbfs DIR: the last mappings of a process that just exited may take a moment to go.
-unmount_hugetlbfs() {
-    local i
-    for ((i = 0; i < 50; i++)); do
-        umount "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    tw_warn "could not unmount $1: $(umount "$1" 2>&1)"
-}
-HUGE_DIR=$(awk '$3 == "hugetlbfs" { print $2; exit }' /proc/mounts)
-if [[ -z $HUGE_DIR ]]; then
-    HUGE_DIR=/dev/hugepages
-    if [[ ! -d $HUGE_DIR ]]; then
-        mkdir "$HUGE_DIR"
-        tw_at_exit "rmdir '$HUGE_DIR' 2>/dev/null || true"
-    fi
-    mount -t hugetlbfs nodev "$HUGE_DIR" || tw_die "cannot mount hugetlbfs on $HUGE_DIR"
-    tw_at_exit "unmount_hugetlbfs '$HUGE_DIR'"
-fi
+# Two testpmd processes with -m 512 each: 512 pages of 2 MiB, plus a margin.
+tw_ensure_hugepages 600
 # DPDK leaves its page files and runtime directory behind; ours carry our prefixes.
 tw_at_exit "rm -f '$HUGE_DIR'/${FE_PREFIX}map_* '$HUGE_DIR'/${BE_PREFIX}map_*; rm -rf /var/run/dpdk/$FE_PREFIX /var/run/dpdk/$BE_PREFIX"
 

@@ -106,6 +106,42 @@ tw_ensure_libvirt() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
 }
 
+# tw_ensure_hugepages PAGES: at least PAGES free 2 MiB hugepages and a hugetlbfs mount, for
+# DPDK; HUGE_DIR is left naming the mount. Everything is put back as it was at exit, in
+# reverse order: the mount, the page count (DPDK's own page files are the caller's).
+tw_ensure_hugepages() {
+    local needed=$1 free old
+    [[ $(awk '/^Hugepagesize:/ { print $2 }' /proc/meminfo) == 2048 ]] || tw_die "expected 2 MiB default hugepages"
+    free=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+    if ((free < needed)); then
+        old=$(cat /proc/sys/vm/nr_hugepages)
+        tw_at_exit "echo $old >/proc/sys/vm/nr_hugepages"
+        echo $((old + needed - free)) >/proc/sys/vm/nr_hugepages
+        free=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+        ((free >= needed)) || tw_die "only $free free hugepages after asking for more (need $needed)"
+    fi
+    HUGE_DIR=$(awk '$3 == "hugetlbfs" { print $2; exit }' /proc/mounts)
+    if [[ -z $HUGE_DIR ]]; then
+        HUGE_DIR=/dev/hugepages
+        if [[ ! -d $HUGE_DIR ]]; then
+            mkdir "$HUGE_DIR"
+            tw_at_exit "rmdir '$HUGE_DIR' 2>/dev/null || true"
+        fi
+        mount -t hugetlbfs nodev "$HUGE_DIR" || tw_die "cannot mount hugetlbfs on $HUGE_DIR"
+        tw_at_exit "tw_unmount_hugetlbfs '$HUGE_DIR'"
+    fi
+}
+
+# tw_unmount_hugetlbfs DIR: the last mappings of a process that just exited may take a moment to go.
+tw_unmount_hugetlbfs() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        umount "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    tw_warn "could not unmount $1: $(umount "$1" 2>&1)"
+}
+
 # ---------------------------------------------------------------- cleanup
 
 # A LIFO stack of shell snippets run on exit, so resources are released in the
