@@ -6,7 +6,9 @@
 #   QEMU 10.0: multiqueue with channel changes, NIC and memory hot-plug (Tools/qemu10-check.sh);
 #   libvirt 11.3 on QEMU 7.2 and 10.0, both socket modes, reconnect (Tools/libvirt-check.sh);
 #   DPDK's virtio-user frontend, mrg_rxbuf=0/1, in_order=1, packed_vq=1 (Tools/dpdk-frontend-check.sh);
-#   live migration on QEMU 10.0 between two tapwires, on one host and across two (Tools/migration-check.sh).
+#   live migration on QEMU 10.0 between two tapwires, on one host and across two, and beside
+#     DPDK's vhost PMD as the backends (Tools/migration-check.sh); libvirt's `virsh migrate
+#     --live` between two libvirtds as two hosts (Tools/libvirt-migration-check.sh).
 # Every row runs even when an earlier one failed; the exit status says whether all passed.
 #
 # Usage: Tools/frontend-matrix.sh [--tapwire BIN] [--only LIST] [--markdown FILE]
@@ -96,6 +98,10 @@ fi
 if wanted migration; then
     script_rows "QEMU live migration" 10.0 "$TW_REPO_ROOT/Tools/migration-check.sh" --tapwire "$TAPWIRE"
     script_rows "QEMU live migration, two hosts" 10.0 "$TW_REPO_ROOT/Tools/migration-check.sh" --tapwire "$TAPWIRE" --two-hosts
+    script_rows "libvirt live migration, two hosts" 11.3 "$TW_REPO_ROOT/Tools/libvirt-migration-check.sh" --tapwire "$TAPWIRE"
+    # The anchor: the same migrations with DPDK's vhost PMD and TAP PMD as the backends.
+    script_rows "QEMU live migration, tapwire and DPDK" 10.0 "$TW_REPO_ROOT/Tools/migration-check.sh" --tapwire "$TAPWIRE" \
+        --compare --round-trips 2
 fi
 
 table() {

@@ -155,24 +155,44 @@ if ((COMPARE)); then
     for be in tapwire dpdk; do
         tw_log "==== --compare: $be, $ROUND_TRIPS round trips"
         rc=0
-        "$0" "${pass_args[@]}" --backend "$be" --round-trips "$ROUND_TRIPS" --summary "$CMP_DIR/$be.json" || rc=$?
+        # DPDK is the anchor: its ping gap is measured against tapwire's, not held to the target.
+        anchor=()
+        [[ $be != dpdk ]] || anchor=(--max-gap-ms 600000)
+        # Each run's own ROW lines are shown as "row": the comparison's rows below sum them up.
+        "$0" "${pass_args[@]}" --backend "$be" --round-trips "$ROUND_TRIPS" --summary "$CMP_DIR/$be.json" "${anchor[@]}" |
+            sed -u 's/^ROW /row /' || rc=$?
         rcs+=("$rc")
     done
     echo
-    echo "| backend | mode | migrations | completed | median / max downtime (ms) | median / max ping gap (ms) | hash ok | checks |"
-    echo "|---|---|---|---|---|---|---|---|"
-    passed=0 failed=0
+    echo "| backend | mode | migrations | completed | median / max downtime (ms) | median / max ping gap (ms) | median / max TAP gap (ms) | median / max tapwire share (ms) | hash ok | checks |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    passed=0 failed=0 k=0
     for be in tapwire dpdk; do
-        f=$CMP_DIR/$be.json
+        f=$CMP_DIR/$be.json rc=${rcs[k]} k=$((k + 1))
         if [[ -s $f ]]; then
-            jq -r '"| \(.backend) | \(.mode) | \(.migrations) | \(.completed) | \(.downtime_median_ms) / \(.downtime_max_ms) | \(.gap_median_ms) / \(.gap_max_ms) | \(.hash_ok) | \(.passed) passed, \(.failed) failed |"' "$f"
+            jq -r '"| \(.backend) | \(.mode) | \(.migrations) | \(.completed) | \(.downtime_median_ms) / \(.downtime_max_ms) | \(.gap_median_ms) / \(.gap_max_ms) | \(.tap_gap_median_ms) / \(.tap_gap_max_ms) | \(.share_median_ms) / \(.share_max_ms) (resume \(.resume_median_ms) / \(.resume_max_ms)) | \(.hash_ok) | \(.passed) passed, \(.failed) failed |"' "$f"
+            jq -r '"ROW backend=\(.backend) check=\"\(.migrations) migrations, hash, iperf3, ping\" result=\"\(if .failed == 0 then "PASS" else "FAIL" end) (\(.completed) completed, QEMU downtime median \(.downtime_median_ms) ms, ping gap median \(.gap_median_ms) ms, TAP gap median \(.tap_gap_median_ms) ms)\""' "$f" >>"$CMP_DIR/rows"
             passed=$((passed + $(jq -r .passed "$f"))) failed=$((failed + $(jq -r .failed "$f")))
         else
-            echo "| $be | - | - | - | - | - | - | run failed before its summary |"
+            echo "| $be | - | - | - | - | - | - | - | - | run failed before its summary |"
+            echo "ROW backend=$be check=migrations result=\"FAIL (the run failed before its summary, exit $rc)\"" >>"$CMP_DIR/rows"
             failed=$((failed + 1))
         fi
     done
+    # The target: tapwire's ping gap at most 1.2x DPDK's in the same run (medians: with a few
+    # migrations each, the max is one sample).
+    tw_gap=$(jq -r .gap_median_ms "$CMP_DIR/tapwire.json" 2>/dev/null || echo -)
+    dpdk_gap=$(jq -r .gap_median_ms "$CMP_DIR/dpdk.json" 2>/dev/null || echo -)
+    if awk -v t="$tw_gap" -v d="$dpdk_gap" 'BEGIN { exit !(t != "-" && d != "-" && t + 0 <= 1.2 * d) }'; then
+        result="PASS (ping gap median $tw_gap ms against DPDK's $dpdk_gap ms)"
+        passed=$((passed + 1))
+    else
+        result="FAIL (ping gap median $tw_gap ms against DPDK's $dpdk_gap ms: over 1.2x)"
+        failed=$((failed + 1))
+    fi
     echo
+    cat "$CMP_DIR/rows"
+    echo "ROW backend=compare check=\"ping gap against DPDK vhost+TAP PMD, same run, at most 1.2x\" result=\"$result\""
     echo "$passed passed, $failed failed"
     for rc in "${rcs[@]}"; do ((rc == 0)) || exit 1; done
     ((failed == 0)) || exit 1
@@ -209,334 +229,11 @@ tw_install_traps
 TMP=$(mktemp -d /tmp/tw-mig.XXXXXX)
 tw_at_exit "rm -rf '$TMP'"
 export TWM_LOG=$RUN_DIR/qmp.log
-TWM=$TMP/twmig.py
+TWM=$TW_REPO_ROOT/Tools/lib/twmig.py
 STOP_FILE=$TMP/stream.stop
 
 # ---------------------------------------------------------------- python helpers
 
-cat >"$TWM" <<'PY'
-"""Helpers for Tools/migration-check.sh (python3 standard library only).
-  twmig.py qmp SOCK JSON...                 run QMP commands on one connection, print each return
-  twmig.py wait-qmp SOCK TIMEOUT            wait until QEMU answers on SOCK
-  twmig.py migrate SRC DST URI BW TIMEOUT   migrate-incoming URI on DST (started with -incoming
-                                            defer), max-bandwidth BW on SRC, migrate, poll until
-                                            the end and until DST runs; print one JSON object
-  twmig.py quit SOCK                        QMP quit
-  twmig.py ping DST INTERVAL OUT            ICMP echo every INTERVAL s (as ping -i); one line per
-                                            reply "seq t_sent t_received" (epoch seconds);
-                                            "# sent N received M" at SIGINT/SIGTERM
-  twmig.py send HOST PORT SEED RATE STOP OUT  paced deterministic TCP stream until the file STOP
-                                            exists; then close, wait for the peer to close, and
-                                            write {"bytes", "sha256", ...} as JSON to OUT
-  twmig.py sniff IFACE MAC OUT             one line "epoch garp|rarp" per announce from MAC
-                                            (gratuitous ARP or RARP) seen on IFACE
-  twmig.py gaps PINGOUT WINDOWS             WINDOWS: lines "NAME START END" (epoch); prints
-                                            "NAME GAP_MS": the longest time between two replies
-                                            that overlaps the window
-QMP traffic is appended to $TWM_LOG when set."""
-import hashlib, json, os, random, select, signal, socket, struct, sys, time
-
-LOG = os.environ.get("TWM_LOG")
-
-def log(direction, obj):
-    if LOG:
-        with open(LOG, "a") as f:
-            f.write(f"{time.strftime('%H:%M:%S')} {direction} {json.dumps(obj)}\n")
-
-def die(msg, rc=1):
-    print(f"twmig: {msg}", file=sys.stderr)
-    sys.exit(rc)
-
-class QMP:
-    def __init__(self, path, timeout=30, name=None):
-        self.name = name or os.path.basename(path)
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf, self.n = b"", 0
-        if "QMP" not in self.read(time.monotonic() + timeout):
-            die("no QMP greeting")
-        self.call("qmp_capabilities", quiet=True)
-
-    def read(self, deadline):
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            self.s.settimeout(left)
-            data = self.s.recv(65536)
-            if not data:
-                raise ConnectionError(f"{self.name}: QEMU closed the QMP connection")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        msg = json.loads(line)
-        if "event" in msg:
-            log(f"{self.name} event", msg)
-        return msg
-
-    def call(self, execute, arguments=None, timeout=60, quiet=False):
-        self.n += 1
-        msg = {"execute": execute, "id": self.n}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        if not quiet:
-            log(f"{self.name} ->", msg)
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                r = self.read(deadline)
-            except (TimeoutError, socket.timeout):
-                raise RuntimeError(f"{self.name}: {execute}: no answer within {timeout}s")
-            if "event" in r:
-                continue
-            if r.get("id") == self.n:
-                if not quiet or "error" in r:
-                    log(f"{self.name} <-", r)
-                if "error" in r:
-                    raise RuntimeError(f"{execute}: {r['error'].get('class')}: {r['error'].get('desc')}")
-                return r.get("return")
-
-def qmp_main(args):
-    q = QMP(args[0])
-    for text in args[1:]:
-        cmd = json.loads(text)
-        try:
-            print(json.dumps(q.call(cmd["execute"], cmd.get("arguments"))), flush=True)
-        except RuntimeError as e:
-            die(str(e))
-
-def wait_qmp_main(args):
-    path, timeout = args[0], float(args[1])
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            q = QMP(path, timeout=5)
-            print(json.dumps(q.call("query-status", quiet=True)))
-            return
-        except (OSError, ConnectionError, RuntimeError):
-            if time.monotonic() > deadline:
-                die(f"QEMU does not answer on {path} after {timeout:g}s", 124)
-            time.sleep(0.1)
-
-def migrate_main(args):
-    src_path, dst_path, uri, bw, timeout = args[0], args[1], args[2], int(args[3]), float(args[4])
-    out = {"uri": uri}
-    try:
-        src, dst = QMP(src_path, name="src"), QMP(dst_path, name="dst")
-        dst.call("migrate-incoming", {"uri": uri})
-        src.call("migrate-set-parameters", {"max-bandwidth": bw})
-        out["t_start"] = time.time()
-        src.call("migrate", {"uri": uri})
-        deadline = time.monotonic() + timeout
-        info = {}
-        while time.monotonic() < deadline:
-            info = src.call("query-migrate", quiet=True)
-            if info.get("status") in ("completed", "failed", "cancelled"):
-                break
-            time.sleep(0.02)
-        out["t_done"] = time.time()
-        log("src <-", info)
-        out["status"] = info.get("status", "none")
-        if out["status"] not in ("completed", "failed", "cancelled"):
-            out["status"] = f"timeout({info.get('status')})"
-            src.call("migrate_cancel")
-        for k in ("downtime", "total-time", "setup-time", "expected-downtime", "error-desc"):
-            if k in info:
-                out[k] = info[k]
-        ram = info.get("ram", {})
-        for k in ("transferred", "mbps", "dirty-sync-count", "normal", "duplicate"):
-            if k in ram:
-                out["ram-" + k] = ram[k]
-        if out["status"] == "completed":
-            state = {}
-            while time.monotonic() < deadline + 30:
-                state = dst.call("query-status", quiet=True)
-                if state.get("status") == "running":
-                    break
-                time.sleep(0.02)
-            out["t_running"] = time.time()
-            out["dst-status"] = state.get("status")
-            out["src-status"] = src.call("query-status").get("status")
-        else:
-            try:
-                out["dst-status"] = dst.call("query-status").get("status")
-            except Exception as e:  # a destination whose load failed quits
-                out["dst-status"] = f"gone ({e})"
-    except (RuntimeError, ConnectionError, OSError) as e:
-        out.setdefault("status", "error")
-        out["error-desc"] = str(e)
-        out.setdefault("t_start", time.time())
-        out.setdefault("t_done", time.time())
-    print(json.dumps(out), flush=True)
-
-def quit_main(args):
-    try:
-        QMP(args[0], timeout=10).call("quit", timeout=10)
-    except (RuntimeError, ConnectionError, OSError):
-        pass
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-def ping_main(args):
-    dst, interval, out = args[0], float(args[1]), args[2]
-    ident = os.getpid() & 0xFFFF
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    f = open(out, "w", buffering=1)
-    sent = received = 0
-    sent_at = {}
-    stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    nxt = time.monotonic()
-    seq = 0
-    while not stop:
-        now = time.monotonic()
-        if now >= nxt:
-            seq = (seq + 1) & 0xFFFF
-            payload = b"tapwire-migration-check-" * 2
-            hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + payload), ident, seq) + payload
-            try:
-                s.sendto(pkt, (dst, 0))
-            except OSError:
-                pass
-            sent += 1
-            sent_at[seq] = time.time()
-            nxt += interval
-            if nxt < now - 1:  # not scheduled for a while: no burst to catch up
-                nxt = now + interval
-        try:
-            r, _, _ = select.select([s], [], [], max(0, nxt - time.monotonic()))
-        except InterruptedError:
-            continue
-        if r:
-            data = s.recv(2048)
-            t = time.time()
-            ihl = (data[0] & 0x0F) * 4
-            typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if typ == 0 and rid == ident and rseq in sent_at:
-                received += 1
-                f.write(f"{rseq} {sent_at.pop(rseq):.6f} {t:.6f}\n")
-            if len(sent_at) > 6000:  # forget requests never answered
-                for k in sorted(sent_at, key=sent_at.get)[:1000]:
-                    del sent_at[k]
-    f.write(f"# sent {sent} received {received}\n")
-    f.close()
-
-def send_main(args):
-    host, port, seed, rate, stop, out = args[0], int(args[1]), int(args[2]), float(args[3]), args[4], args[5]
-    res = {"bytes": 0, "sha256": None, "error": None}
-    rng = random.Random(seed)
-    h = hashlib.sha256()
-    chunk = 16384
-    sent = 0
-    t0 = time.monotonic()
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                s = socket.create_connection((host, port), timeout=5)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        s.settimeout(60)  # a send blocked this long: the connection is dead
-        t0 = time.monotonic()
-        longest = 0.0
-        while not os.path.exists(stop):
-            due = t0 + sent / rate
-            now = time.monotonic()
-            if due > now:
-                time.sleep(min(due - now, 0.05))
-                continue
-            data = rng.randbytes(chunk)
-            a = time.monotonic()
-            s.sendall(data)
-            longest = max(longest, time.monotonic() - a)
-            h.update(data)
-            sent += len(data)
-        s.shutdown(socket.SHUT_WR)
-        while s.recv(65536):  # the guest closes once it has read everything
-            pass
-        s.close()
-        res["longest_send_blocked_s"] = round(longest, 3)
-    except Exception as e:
-        res["error"] = f"{type(e).__name__}: {e}"
-    res["bytes"] = sent
-    res["sha256"] = h.hexdigest()
-    res["seconds"] = round(time.monotonic() - t0, 2)
-    with open(out + ".tmp", "w") as f:
-        json.dump(res, f)
-    os.rename(out + ".tmp", out)
-
-def sniff_main(args):
-    """Announces from MAC seen on IFACE: gratuitous ARP (sender IP == target IP) and RARP."""
-    iface, mac, out = args[0], bytes.fromhex(args[1].replace(":", "")), args[2]
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    s.bind((iface, 0))
-    f = open(out, "w", buffering=1)
-    stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    while not stop:
-        try:
-            r, _, _ = select.select([s], [], [], 0.5)
-        except InterruptedError:
-            continue
-        if not r:
-            continue
-        frame = s.recv(2048)
-        if len(frame) < 42 or frame[6:12] != mac:
-            continue
-        kind = None
-        etype = frame[12:14]
-        if etype == b"\x80\x35":
-            kind = "rarp"
-        elif etype == b"\x08\x06" and frame[28:32] == frame[38:42]:
-            kind = "garp"
-        if kind:
-            f.write(f"{time.time():.6f} {kind}\n")
-
-def gaps_main(args):
-    replies = []
-    with open(args[0]) as f:
-        for line in f:
-            p = line.split()
-            if len(p) == 3 and not line.startswith("#"):
-                replies.append(float(p[2]))
-    replies.sort()
-    with open(args[1]) as f:
-        for line in f:
-            p = line.split()
-            if len(p) != 3:
-                continue
-            name, a, b = p[0], float(p[1]), float(p[2])
-            # The window's end counts as a reply: a guest that stopped answering before it
-            # has a gap that lasts until then at least.
-            points = sorted([r for r in replies if r < b] + [b])
-            if not any(r <= a for r in points):
-                points.insert(0, a)
-            gap = 0.0
-            for x, y in zip(points, points[1:]):
-                if y > a and x < b:
-                    gap = max(gap, y - x)
-            print(f"{name} {gap * 1000:.0f}")
-
-if __name__ == "__main__":
-    mains = {"qmp": qmp_main, "wait-qmp": wait_qmp_main, "migrate": migrate_main, "quit": quit_main,
-             "ping": ping_main, "send": send_main, "gaps": gaps_main, "sniff": sniff_main}
-    if len(sys.argv) < 3 or sys.argv[1] not in mains:
-        die(__doc__, 2)
-    mains[sys.argv[1]](sys.argv[2:])
-PY
 twm() { python3 "$TWM" "$@"; }
 
 # ---------------------------------------------------------------- results
@@ -562,7 +259,7 @@ check() {
 GUEST_IP=$TW_GUEST_IP
 HOST_IP=$TW_HOST_IP
 MAC=$TW_GUEST_MAC
-declare -a BE_NS BE_BR BE_TAP BE_SOCK BE_API BE_LOG BE_PID BE_PREFIX BE_UPLINK
+declare -a BE_NS BE_BR BE_TAP BE_SOCK BE_API BE_LOG BE_PID BE_PREFIX BE_UPLINK BE_FRAMES BE_FRAMES_PID
 NS_BASE=twmig$$
 if ((TWO_HOSTS)); then
     NS_A=${NS_BASE}a NS_B=${NS_BASE}b CLIENT_NS=${NS_BASE}c
@@ -635,7 +332,7 @@ start_backend() {
         local cmd=("$TAPWIRE" --socket-path "${BE_SOCK[i]}" --tap "$tap" --api-socket "${BE_API[i]}"
             --name "mig$i" --mac "$MAC" --log-level "$LOG_LEVEL" "${TW_EXTRA[@]}")
         tw_log "backend $i in $ns: ${cmd[*]}"
-        tw_spawn "${BE_LOG[i]}" ip netns exec "$ns" "${cmd[@]}"
+        tw_spawn "$RUN_DIR/stamp-$i.log" python3 "$TWM" stamp "${BE_LOG[i]}" ip netns exec "$ns" "${cmd[@]}"
         BE_PID[i]=$TW_SPAWNED_PID
         tw_at_exit "tw_stop ${BE_PID[i]} 5"
         tw_wait_until 20 "${BE_PID[i]}" "tapwire $i's control API" tw_log_has "${BE_LOG[i]}" "control API on" ||
@@ -659,6 +356,11 @@ start_backend() {
         tw_die "backend $i never created its TAP $tap"
     ip -n "$ns" link set "$tap" master "${BE_BR[i]}"
     ip -n "$ns" link set "$tap" up
+    # When the guest's frames reach this TAP (the end of tapwire's share of the downtime).
+    BE_FRAMES[i]=$RUN_DIR/frames-$tap.txt
+    tw_spawn "$RUN_DIR/frames-$tap.log" ip netns exec "$ns" python3 "$TWM" frames "$tap" "$MAC" "${BE_FRAMES[i]}"
+    BE_FRAMES_PID[i]=$TW_SPAWNED_PID
+    tw_at_exit "tw_stop $TW_SPAWNED_PID 3"
 }
 
 # vm_json I: tapwire I's GET /vm (empty on failure).
@@ -888,7 +590,7 @@ fi
 
 # ================================================================ migrations
 
-declare -a DOWNTIME GAP TOTAL T_START
+declare -a DOWNTIME GAP TOTAL T_START T_DONE SHARE
 WINDOWS=$TMP/windows
 : >"$WINDOWS"
 COMPLETED=0
@@ -909,6 +611,7 @@ for ((m = 1; m <= MIGRATIONS; m++)); do
     DOWNTIME[m]=$(jq -r '.downtime // "-"' <<<"$res")
     TOTAL[m]=$(jq -r '."total-time" // "-"' <<<"$res")
     T_START[m]=$(jq -r .t_start <<<"$res")
+    T_DONE[m]=$(jq -r .t_done <<<"$res")
     if [[ $status != completed ]]; then
         why+=("status $status: $(jq -r '."error-desc" // "no error given"' <<<"$res")")
     else
@@ -1004,6 +707,44 @@ awk 'NR > 1 { print prev_name, prev_start, $2 } { prev_name = $1; prev_start = $
 twm gaps "$PING_OUT" "$TMP/windows.3" >"$TMP/gaps"
 while read -r name gap; do GAP[name]=$gap; done <"$TMP/gaps"
 
+# Each completed migration's outage, from the backends' stamped logs and the TAPs' frames:
+#   share: from the source backend's GET_VRING_BASE (its first "stopped at" log line) to the
+#     guest's first frame on the destination's TAP: tapwire's share of the downtime as the
+#     migration issue defines it (tapwire only). It has two parts:
+#     handover: from that GET_VRING_BASE to the destination's rings running again (its last
+#       "started at" line): QEMU stopping the guest, sending the last dirty pages and the device
+#       state, and starting the device; tapwire answers each message in microseconds;
+#     resume: from the rings running to the guest's first frame on the new TAP: the destination
+#       tapwire's start-up and the guest's first transmit;
+#   tap_gap: from the guest's last frame on the source's TAP to its first on the destination's.
+# outage M -> "share_ms handover_ms resume_ms tap_gap_ms" ("-" where a mark is missing).
+outage() {
+    local m=$1 from=$(((m - 1) % 2)) to=$((m % 2)) t_stop=- t_run=- t_first t_last
+    if [[ $BACKEND == tapwire ]]; then
+        t_stop=$(awk -v a="${T_START[m]}" -v b="${T_DONE[m]}" '/ stopped at / && $1 >= a && $1 <= b { print $1; exit }' "${BE_LOG[from]}")
+        [[ -n $t_stop ]] || t_stop=-
+    fi
+    # The source went quiet in the spell that holds the switch-over (or the stop, when known).
+    local mark=$t_stop
+    [[ $mark != - ]] || mark=${T_DONE[m]}
+    t_last=$(awk -v t="$mark" '$1 <= t && ($2 == "-" || $2 > t) { print $1; exit }' "${BE_FRAMES[from]}" 2>/dev/null)
+    t_first=$(awk -v t="${t_last:-$mark}" '$2 != "-" && $2 > t { print $2; exit }' "${BE_FRAMES[to]}" 2>/dev/null)
+    if [[ $t_stop != - && -n $t_first ]]; then
+        t_run=$(awk -v a="$t_stop" -v b="$t_first" '/ started at / && $1 >= a && $1 <= b { t = $1 } END { print t }' "${BE_LOG[to]}")
+        [[ -n $t_run ]] || t_run=-
+    fi
+    awk -v s="$t_stop" -v r="$t_run" -v l="${t_last:--}" -v f="${t_first:--}" '
+        function ms(a, b) { return (a == "-" || b == "-") ? "-" : sprintf("%.1f", (b - a) * 1000) }
+        BEGIN { print ms(s, f), ms(s, r), ms(r, f), (l == 0 ? "-" : ms(l, f)) }'
+}
+# The frame sniffers write their last line when stopped.
+for ((i = 0; i < 2; i++)); do tw_stop "${BE_FRAMES_PID[i]}" 3; done
+declare -a TAP_GAP HANDOVER RESUME
+for ((m = 1; m <= DONE_MIGRATIONS; m++)); do
+    [[ $(sed -n "${m}p" "$RUN_DIR/migrations.jsonl" | jq -r .status 2>/dev/null) == completed ]] || continue
+    read -r SHARE[m] HANDOVER[m] RESUME[m] TAP_GAP[m] < <(outage "$m")
+done
+
 # ---------------------------------------------------------------- checks at the end
 
 guest_hash=$(all_consoles | awk '/^TW-MIG-HASH / { print $2, $3; exit }' || true)
@@ -1060,31 +801,45 @@ stats() { # stats N... -> "median max" (or "- -")
 }
 read -r GAP_MED GAP_MAX < <(stats "${gaps_list[@]}")
 read -r DOWN_MED DOWN_MAX < <(stats "${downs_list[@]}")
+shares=() tapgaps=() resumes=()
+for ((m = 1; m <= DONE_MIGRATIONS; m++)); do
+    [[ ${SHARE[m]:--} == - ]] || shares+=("${SHARE[m]}")
+    [[ ${TAP_GAP[m]:--} == - ]] || tapgaps+=("${TAP_GAP[m]}")
+    [[ ${RESUME[m]:--} == - ]] || resumes+=("${RESUME[m]}")
+done
+read -r SHARE_MED SHARE_MAX < <(stats "${shares[@]}")
+read -r TAPGAP_MED TAPGAP_MAX < <(stats "${tapgaps[@]}")
+read -r RESUME_MED RESUME_MAX < <(stats "${resumes[@]}")
 ping_summary=$(grep '^#' "$PING_OUT" 2>/dev/null | sed 's/^# //' || echo "none")
 ok=1
 [[ $GAP_MAX != - ]] && awk -v g="$GAP_MAX" -v t="$MAX_GAP_MS" 'BEGIN { exit !(g < t) }' || ok=0
-check ping-gap "$ok" "max_ms=$GAP_MAX median_ms=$GAP_MED target_ms=$MAX_GAP_MS ping=\"$ping_summary\""
+check ping-gap "$ok" "max_ms=$GAP_MAX median_ms=$GAP_MED target_ms=$MAX_GAP_MS tap_gap_median_ms=$TAPGAP_MED tapwire_share_median_ms=$SHARE_MED resume_median_ms=$RESUME_MED ping=\"$ping_summary\""
 
 # ---------------------------------------------------------------- report
 
 echo
-echo "migration | from -> to | status | QEMU downtime (ms) | total (ms) | ping gap (ms)"
+echo "migration | from -> to | status | QEMU downtime (ms) | total (ms) | ping gap (ms) | TAP gap (ms) | tapwire share = handover + resume (ms)"
 for ((m = 1; m <= DONE_MIGRATIONS; m++)); do
     st=$(sed -n "${m}p" "$RUN_DIR/migrations.jsonl" | jq -r .status 2>/dev/null || echo -)
-    printf '%9d | %d -> %d     | %s | %s | %s | %s\n' "$m" $(((m - 1) % 2)) $((m % 2)) "$st" "${DOWNTIME[m]:--}" "${TOTAL[m]:--}" "${GAP[m]:--}"
-    echo "ROW backend=$BACKEND mode=$MODE migration=$m status=$st downtime_ms=${DOWNTIME[m]:--} total_ms=${TOTAL[m]:--} ping_gap_ms=${GAP[m]:--}"
+    printf '%9d | %d -> %d     | %s | %s | %s | %s | %s | %s = %s + %s\n' "$m" $(((m - 1) % 2)) $((m % 2)) "$st" "${DOWNTIME[m]:--}" "${TOTAL[m]:--}" "${GAP[m]:--}" "${TAP_GAP[m]:--}" "${SHARE[m]:--}" "${HANDOVER[m]:--}" "${RESUME[m]:--}"
+    echo "ROW backend=$BACKEND mode=$MODE migration=$m status=$st downtime_ms=${DOWNTIME[m]:--} total_ms=${TOTAL[m]:--} ping_gap_ms=${GAP[m]:--} tap_gap_ms=${TAP_GAP[m]:--} tapwire_share_ms=${SHARE[m]:--} handover_ms=${HANDOVER[m]:--} resume_ms=${RESUME[m]:--}"
 done
 echo "downtime (QEMU): median $DOWN_MED ms, max $DOWN_MAX ms; ping gap: median $GAP_MED ms, max $GAP_MAX ms"
+echo "at the TAPs: the guest's last frame on the old TAP to its first on the new: median $TAPGAP_MED ms, max $TAPGAP_MAX ms"
+[[ $BACKEND != tapwire ]] ||
+    echo "tapwire's share (GET_VRING_BASE at the source to the guest's first frame on the new TAP): median $SHARE_MED ms, max $SHARE_MAX ms; of it, from the destination's rings running to that frame: median $RESUME_MED ms, max $RESUME_MAX ms"
 echo "stream: $sent_bytes bytes, sha256 $sent_hash, guest $( ((HASH_OK)) && echo "matches" || echo "DIFFERS: ${guest_hash:-none}")"
-echo "ROW backend=$BACKEND mode=$MODE summary migrations=$MIGRATIONS completed=$COMPLETED downtime_median_ms=$DOWN_MED downtime_max_ms=$DOWN_MAX gap_median_ms=$GAP_MED gap_max_ms=$GAP_MAX hash_ok=$HASH_OK boot_s=$BOOT_SECONDS total_s=$(tw_elapsed "$T0")"
+echo "ROW backend=$BACKEND mode=$MODE summary migrations=$MIGRATIONS completed=$COMPLETED downtime_median_ms=$DOWN_MED downtime_max_ms=$DOWN_MAX gap_median_ms=$GAP_MED gap_max_ms=$GAP_MAX tap_gap_median_ms=$TAPGAP_MED tap_gap_max_ms=$TAPGAP_MAX share_median_ms=$SHARE_MED share_max_ms=$SHARE_MAX resume_median_ms=$RESUME_MED resume_max_ms=$RESUME_MAX hash_ok=$HASH_OK boot_s=$BOOT_SECONDS total_s=$(tw_elapsed "$T0")"
 echo "run directory: $RUN_DIR ($(tw_elapsed "$T0")s)"
 if [[ -n $SUMMARY ]]; then
     jq -n --arg backend "$BACKEND" --arg mode "$MODE" --argjson migrations "$MIGRATIONS" \
         --argjson completed "$COMPLETED" --arg dmed "$DOWN_MED" --arg dmax "$DOWN_MAX" \
         --arg gmed "$GAP_MED" --arg gmax "$GAP_MAX" --argjson hash "$HASH_OK" \
+        --arg tmed "$TAPGAP_MED" --arg tmax "$TAPGAP_MAX" --arg smed "$SHARE_MED" --arg smax "$SHARE_MAX" --arg rmed "$RESUME_MED" --arg rmax "$RESUME_MAX" \
         --argjson passed "$PASSED" --argjson failed "$FAILED" --arg run_dir "$RUN_DIR" \
         '{backend: $backend, mode: $mode, migrations: $migrations, completed: $completed,
           downtime_median_ms: $dmed, downtime_max_ms: $dmax, gap_median_ms: $gmed, gap_max_ms: $gmax,
+          tap_gap_median_ms: $tmed, tap_gap_max_ms: $tmax, share_median_ms: $smed, share_max_ms: $smax, resume_median_ms: $rmed, resume_max_ms: $rmax,
           hash_ok: ($hash == 1), passed: $passed, failed: $failed, run_dir: $run_dir}' >"$SUMMARY"
 fi
 echo "$PASSED passed, $FAILED failed"

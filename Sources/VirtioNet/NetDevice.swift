@@ -421,7 +421,7 @@ public final class NetDevice {
                                     indirectAllowed: ackedFeatures & NetFeature.ringIndirect != 0,
                                     eventIndex: ackedFeatures & NetFeature.ringEventIndex != 0)
             applyDirtyLog(to: queue)
-            logger.debug("queue \(queue.index) started: size \(queue.size), avail \(nextAvail), used \(nextUsed)")
+            logger.info("queue \(queue.index) (\(queue.isReceive ? "rx" : "tx")) started at avail \(nextAvail), used \(nextUsed) (size \(queue.size))")
         }
     }
 
@@ -437,6 +437,9 @@ public final class NetDevice {
         queue.fault = nil
         queue.base = base
         onQueuesChanged()
+        // With "started at", marks a migration's or restart's hand-over in the log
+        // (Tools/migration-check.sh times the downtime's parts from them).
+        logger.info("queue \(queue.index) (\(queue.isReceive ? "rx" : "tx")) stopped at \(base): the next frontend resumes there")
         return base
     }
 

@@ -459,3 +459,28 @@ tw_measure_at_nice() {
     tw_at_exit "echo '$old' >'/proc/$$/autogroup' 2>/dev/null || true"
     renice -n "$1" -p $$ >/dev/null
 }
+
+# ---------------------------------------------------------------- daemons
+
+# tw_pid_alive PID: PID exists and is not a zombie. For daemons started with -d (libvirtd,
+# virtlogd): they are not our children, and PID 1 may be slow to reap them.
+tw_pid_alive() {
+    [[ -n ${1:-} && -r /proc/$1/stat ]] || return 1
+    local state
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# tw_stop_daemon PID GRACE: SIGTERM, then SIGKILL after GRACE seconds, for a daemon this script
+# started that is not its child (tw_stop waits for children).
+tw_stop_daemon() {
+    local pid=$1 grace=$2 i
+    tw_pid_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        tw_pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    tw_warn "pid $pid ignored SIGTERM for ${grace}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
