@@ -24,6 +24,9 @@ let package = Package(
         // libcap-ng, for dropping capabilities after start-up.
         .systemLibrary(name: "CCapNG", pkgConfig: "libcap-ng",
                        providers: [.apt(["libcap-ng-dev"])]),
+        // libseccomp, for the system-call allow-list the daemon runs under after start-up.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
         // The only code that talks to Glibc: owned fds, typed errno, epoll, eventfd, ...
         .target(name: "SystemCalls", dependencies: ["CTapwire"]),
         // Guest memory regions and bounds-checked address translation (no syscalls).
@@ -48,7 +51,7 @@ let package = Package(
                                                    .product(name: "NIOHTTP1", package: "swift-nio"),
                                                    .product(name: "Logging", package: "swift-log")]),
         // Daemon wiring: options, config file, privileges, event loop.
-        .target(name: "TapwireDaemon", dependencies: ["CCapNG", "SystemCalls", "VhostUser", "Virtqueue", "VirtioNet",
+        .target(name: "TapwireDaemon", dependencies: ["CCapNG", "CSeccomp", "SystemCalls", "GuestMemory", "VhostUser", "Virtqueue", "VirtioNet",
                                                       "TapDevice", "RateLimiter", "ControlAPI",
                                                       .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Logging", package: "swift-log")]),

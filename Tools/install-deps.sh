@@ -6,7 +6,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 specs=(
-    dpkg:libcap-ng-dev dpkg:pkg-config
+    dpkg:libcap-ng-dev dpkg:libseccomp-dev dpkg:pkg-config
     qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio iperf3:iperf3
     ip:iproute2 ethtool:ethtool jq:jq xz:xz-utils curl:curl python3:python3
     dpdk-testpmd:dpdk-dev

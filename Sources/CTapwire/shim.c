@@ -40,6 +40,13 @@ int tw_tun_set_queue(int fd, int flags) {
     return ioctl(fd, TUNSETQUEUE, &ifr);
 }
 
+unsigned tw_tap_serving_ioctls(unsigned long *requests, unsigned capacity) {
+    const unsigned long all[] = {TUNSETQUEUE, TUNSETOFFLOAD, TUNSETVNETHDRSZ, SIOCGIFMTU};
+    unsigned count = sizeof all / sizeof all[0];
+    for (unsigned i = 0; i < count && i < capacity; i++) requests[i] = all[i];
+    return count;
+}
+
 static int with_ifreq(const char *name, unsigned long request, struct ifreq *ifr) {
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock < 0) return -1;
@@ -191,13 +198,42 @@ _Static_assert(TW_IORING_OP_READV == IORING_OP_READV && TW_IORING_OP_WRITEV == I
 _Static_assert(TW_IOSQE_FIXED_FILE == IOSQE_FIXED_FILE, "fixed-file flag");
 _Static_assert(TW_RWF_NOWAIT == RWF_NOWAIT, "RWF_NOWAIT");
 
-int tw_uring_open(tw_uring *ring, unsigned entries) {
+/// Fixed files, then the restrictions, then enabling: the order the kernel demands for a ring
+/// set up with IORING_SETUP_R_DISABLED. 0 or -errno.
+static int tw_uring_restrict(int fd, const int *fds, unsigned count) {
+    if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_FILES, fds, count) < 0) return -errno;
+    struct io_uring_restriction allowed[4];
+    memset(allowed, 0, sizeof allowed);
+    allowed[0].opcode = IORING_RESTRICTION_SQE_OP;
+    allowed[0].sqe_op = IORING_OP_READV;
+    allowed[1].opcode = IORING_RESTRICTION_SQE_OP;
+    allowed[1].sqe_op = IORING_OP_WRITEV;
+    allowed[2].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+    allowed[2].sqe_flags = IOSQE_FIXED_FILE;
+    allowed[3].opcode = IORING_RESTRICTION_SQE_FLAGS_REQUIRED;
+    allowed[3].sqe_flags = IOSQE_FIXED_FILE;
+    unsigned n = sizeof allowed / sizeof allowed[0];
+    if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_RESTRICTIONS, allowed, n) < 0) {
+        return errno == EINVAL ? -ENOSYS : -errno;
+    }
+    if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0) return -errno;
+    return 0;
+}
+
+int tw_uring_open(tw_uring *ring, unsigned entries, const int *fds, unsigned count) {
     memset(ring, 0, sizeof *ring);
     ring->fd = -1;
     struct io_uring_params params;
     memset(&params, 0, sizeof params);
+    params.flags = IORING_SETUP_R_DISABLED;
     int fd = (int)syscall(__NR_io_uring_setup, entries, &params);
-    if (fd < 0) return -errno;
+    // A kernel without R_DISABLED (before 5.10) rejects the flag: no restricted ring there.
+    if (fd < 0) return errno == EINVAL ? -ENOSYS : -errno;
+    int restricted = tw_uring_restrict(fd, fds, count);
+    if (restricted < 0) {
+        close(fd);
+        return restricted;
+    }
     // Only rings whose completion queue shares the submission mapping (5.4+); older kernels
     // take the writev path.
     if (!(params.features & IORING_FEAT_SINGLE_MMAP)) {
@@ -249,11 +285,6 @@ void tw_uring_close(tw_uring *ring) {
     munmap(ring->ring_map, ring->ring_map_len);
     close(ring->fd);
     ring->fd = -1;
-}
-
-int tw_uring_register_files(tw_uring *ring, const int *fds, unsigned count) {
-    if (syscall(__NR_io_uring_register, ring->fd, IORING_REGISTER_FILES, fds, count) < 0) return -errno;
-    return 0;
 }
 
 int tw_uring_submit_and_wait(tw_uring *ring, unsigned wait_nr) {

@@ -14,33 +14,29 @@ public final class IOUring {
     @usableFromInline let ring: UnsafeMutablePointer<tw_uring>
     public let entries: Int
     /// Descriptors registered as fixed files, kept open as long as the ring may use them.
-    private var registered: [Descriptor] = []
+    private let registered: [Descriptor]
 
-    /// Sets up a ring of at least `entries` submission slots. Fails with ENOSYS where the
-    /// kernel has no io_uring (or one too old), EPERM where it is disabled
+    /// Sets up a ring of at least `entries` submission slots that can only readv and writev
+    /// `fixedFiles` (fixed file i is `fixedFiles[i]`, which also saves a file lookup per entry);
+    /// the ring holds them open until it is closed. Fails with ENOSYS where the kernel has no
+    /// io_uring or no ring restrictions (before 5.10), EPERM where it is disabled
     /// (kernel.io_uring_disabled, or a seccomp filter such as a container runtime's default).
-    public init(entries: Int) throws(SystemError) {
-        ring = .allocate(capacity: 1)
-        let result = tw_uring_open(ring, UInt32(entries))
+    public init(entries: Int, fixedFiles: [Descriptor]) throws(SystemError) {
+        let ring = UnsafeMutablePointer<tw_uring>.allocate(capacity: 1)
+        let fds = fixedFiles.map(\.raw)
+        let result = fds.withUnsafeBufferPointer { tw_uring_open(ring, UInt32(entries), $0.baseAddress, UInt32($0.count)) }
         guard result == 0 else {
             ring.deallocate()
             throw SystemError("io_uring_setup", errno: -result)
         }
+        self.ring = ring
         self.entries = Int(ring.pointee.sq_entries)
+        registered = fixedFiles
     }
 
     deinit {
         tw_uring_close(ring)
         ring.deallocate()
-    }
-
-    /// Makes `descriptors[i]` fixed file i, which saves a file lookup per entry. The ring
-    /// holds the files open until it is closed.
-    public func registerFiles(_ descriptors: [Descriptor]) throws(SystemError) {
-        let fds = descriptors.map(\.raw)
-        let result = fds.withUnsafeBufferPointer { tw_uring_register_files(ring, $0.baseAddress, UInt32($0.count)) }
-        guard result == 0 else { throw SystemError("io_uring_register(FILES)", errno: -result) }
-        registered = descriptors
     }
 
     /// Slots free for `prepare` before the next `submitAndWait`.

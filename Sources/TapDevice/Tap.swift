@@ -76,15 +76,21 @@ public final class Tap: @unchecked Sendable {
         try setVnetHeaderSize(vnetHeaderSize)
     }
 
+    /// The ioctl requests a set-up TAP still issues while serving (queues attached as the
+    /// guest enables them, offloads as it acks them, the vnet header size, the MTU).
+    public static let servingIoctls: [UInt] = {
+        var requests = [UInt](repeating: 0, count: 8)
+        let count = requests.withUnsafeMutableBufferPointer { tw_tap_serving_ioctls($0.baseAddress, UInt32($0.count)) }
+        return Array(requests.prefix(Int(count)))
+    }()
+
     /// Sets up an io_uring per queue so a batch of frames goes to (or comes from) the TAP in
     /// one syscall.
     /// Throws (and leaves none set up) where io_uring is missing or disabled.
     public func enableBatchedIO(entries: Int) throws(SystemError) {
         var rings = [IOUring]()
         for queue in queues {
-            let ring = try IOUring(entries: entries)
-            try ring.registerFiles([queue])
-            rings.append(ring)
+            rings.append(try IOUring(entries: entries, fixedFiles: [queue]))
         }
         ioRings = rings
     }

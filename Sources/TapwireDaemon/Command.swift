@@ -2,6 +2,7 @@ import Glibc
 import ArgumentParser
 import Logging
 import SystemCalls
+import ControlAPI
 import TapDevice
 import VirtioNet
 import RateLimiter
@@ -20,7 +21,10 @@ public struct TapwireCommand: ParsableCommand {
             -device virtio-net-pci,netdev=n0
         Every option can also come from --config FILE (JSON: {"tap": "vm1tap", "tx-bandwidth": "100Mbit"});
         options on the command line win.
-        """)
+        Under systemd socket activation (LISTEN_FDS=1 for this process) the inherited socket is used
+        when neither --socket-path nor --fd is given.
+        """,
+        version: TapwireVersion.current)
 
     public init() {}
 
@@ -93,13 +97,18 @@ public struct TapwireCommand: ParsableCommand {
     @Flag(name: .long, help: "Keep capabilities (for debugging only).")
     var keepCapabilities = false
 
+    @Option(name: .long, help: "Once serving, a system call outside tapwire's allow-list: kill (the process dies with SIGSYS), log (allowed and logged by the kernel, see dmesg; for debugging), or off.")
+    var seccomp: SeccompMode = .kill
+
     @Option(name: .long, help: "Read options from a JSON file; command-line options override it.")
     var config: String?
 
     public mutating func validate() throws {
         let endpoints = [socketPath != nil, fd != nil].filter { $0 }.count
         if !printCapabilities {
-            guard endpoints == 1 else { throw ValidationError("give exactly one of --socket-path PATH or --fd N") }
+            guard endpoints == 1 || (endpoints == 0 && SocketActivation.listener != nil) else {
+                throw ValidationError("give exactly one of --socket-path PATH or --fd N (or start under socket activation)")
+            }
             guard tap != nil || sink else { throw ValidationError("give --tap NAME (or --sink to drop guest transmit)") }
         }
         if client && socketPath == nil { throw ValidationError("--client needs --socket-path (the frontend's socket)") }
@@ -142,6 +151,12 @@ public struct TapwireCommand: ParsableCommand {
             print(Self.capabilitiesJSON)
             return
         }
+        // Log timestamps are local time. With TZ unset glibc stats /etc/localtime at every
+        // timestamp, which the seccomp filter forbids; named once, the zone is read once.
+        if getenv("TZ") == nil {
+            setenv("TZ", ":/etc/localtime", 1)
+            tzset()
+        }
         let level = Logger.Level(rawValue: logLevel.lowercased()) ?? .info
         let vmName = name
         LoggingSystem.bootstrap { label in
@@ -168,6 +183,7 @@ public struct TapwireCommand: ParsableCommand {
 
     var frontendEndpoint: FrontendEndpoint {
         if let fd { return .inheritedListener(fd: fd) }
+        if socketPath == nil, let activated = SocketActivation.listener { return .inheritedListener(fd: activated) }
         return client ? .connect(path: socketPath!) : .listen(path: socketPath!)
     }
 
@@ -195,3 +211,24 @@ enum TapIOMode: String, ExpressibleByArgument, CaseIterable {
 }
 
 
+
+/// systemd's socket activation protocol (sd_listen_fds(3)): the listening socket is fd 3 when
+/// LISTEN_PID names this process and LISTEN_FDS is 1. Read once; the variables are then removed
+/// so that nothing tapwire starts believes the socket is its own.
+enum SocketActivation {
+    static let firstDescriptor: Int32 = 3
+
+    static let listener: Int32? = {
+        defer {
+            unsetenv("LISTEN_PID")
+            unsetenv("LISTEN_FDS")
+            unsetenv("LISTEN_FDNAMES")
+        }
+        guard let pid = getenv("LISTEN_PID").flatMap({ pid_t(String(cString: $0)) }), pid == getpid(),
+              let count = getenv("LISTEN_FDS").flatMap({ Int(String(cString: $0)) }), count == 1
+        else { return nil }
+        // Not passed on to anything tapwire executes.
+        _ = fcntl(firstDescriptor, F_SETFD, FD_CLOEXEC)
+        return firstDescriptor
+    }()
+}

@@ -50,6 +50,10 @@ int tw_if_set_up(const char *name, int up);
 int tw_if_get_mtu(const char *name);
 int tw_if_set_mtu(const char *name, int mtu);
 unsigned int tw_if_nametoindex(const char *name);
+/// The ioctl requests a TAP that is set up still issues while serving (TUNSETQUEUE,
+/// TUNSETOFFLOAD, TUNSETVNETHDRSZ, SIOCGIFMTU), for a seccomp allow-list. Returns how many
+/// there are; writes at most `capacity` of them.
+unsigned tw_tap_serving_ioctls(unsigned long *requests, unsigned capacity);
 
 // ---- AF_PACKET, for tests and tools that inject or capture frames on an interface ----
 
@@ -166,12 +170,14 @@ typedef struct {
     size_t sqes_len;
 } tw_uring;
 
-/// io_uring_setup + the three mappings; 0 or -errno (ENOSYS: no io_uring; EPERM: disabled by
-/// kernel.io_uring_disabled or a seccomp filter). On failure nothing is left open.
-int tw_uring_open(tw_uring *ring, unsigned entries);
+/// io_uring_setup + the mappings, for a ring that can only readv/writev its fixed files:
+/// `fds[i]` becomes fixed file i, and before the ring is enabled it is restricted
+/// (IORING_REGISTER_RESTRICTIONS) to READV and WRITEV with IOSQE_FIXED_FILE required and no
+/// further io_uring_register operation, since io_uring operations bypass seccomp.
+/// 0 or -errno (ENOSYS: no io_uring, or one without restrictions (before 5.10); EPERM: disabled
+/// by kernel.io_uring_disabled or a seccomp filter). On failure nothing is left open.
+int tw_uring_open(tw_uring *ring, unsigned entries, const int *fds, unsigned count);
 void tw_uring_close(tw_uring *ring);
-/// IORING_REGISTER_FILES: fixed-file index i is fds[i]. 0 or -errno.
-int tw_uring_register_files(tw_uring *ring, const int *fds, unsigned count);
 /// Publishes the entries filled since the last call and waits for `wait_nr` completions.
 /// Returns the number submitted or -errno.
 int tw_uring_submit_and_wait(tw_uring *ring, unsigned wait_nr);
