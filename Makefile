@@ -41,6 +41,8 @@ test: deps
 	Tools/frontend-matrix.sh --tapwire $(RELEASE_BIN) --markdown .build/tested-with.md
 	@echo "== operator checks: CapEff, tapwirectl, API errors, unprivileged run"
 	Tools/control-check.sh
+	@echo "== the sandbox: seccomp, no_new_privs, limits; the fuzz corpus replayed into the real binary"
+	Tools/seccomp-check.sh
 	@echo "== restart survival: SIGKILL/SIGTERM under a running guest, new QEMU, client mode"
 	Tools/reconnect-check.sh --tapwire $(RELEASE_BIN)
 	@echo "== rate limits on a real TAP: 10 Mbit/s, 200 Mbit/s, 2 Gbit/s within 3%, no frame lost"

@@ -1,7 +1,6 @@
 #include <seccomp.h>
 #include <linux/sched.h>
 #include <linux/prctl.h>
-#include <linux/fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
