@@ -27,7 +27,7 @@ let package = Package(
         // libseccomp, for the system-call allow-list the daemon runs under after start-up.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp",
                        providers: [.apt(["libseccomp-dev"])]),
-        // The only code that talks to Glibc: owned fds, typed errno, epoll, eventfd, ...
+        // The syscall layer the device uses: owned fds, typed errno, epoll, eventfd, io_uring, ...
         .target(name: "SystemCalls", dependencies: ["CTapwire"]),
         // Guest memory regions and bounds-checked address translation (no syscalls).
         .target(name: "GuestMemory", dependencies: ["CTapwire"]),
