@@ -4,7 +4,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 RELEASE_BIN := .build/release/tapwire
 
-.PHONY: all deps build release test unit e2e matrix demo fuzz fuzz-smoke sanitizers soak bench bench-alloc clean
+.PHONY: all deps build release test unit e2e matrix demo deb fuzz fuzz-smoke sanitizers soak bench bench-alloc clean
 FUZZ_SECONDS ?= 600
 
 all: build
@@ -22,7 +22,8 @@ release: deps
 
 # Everything: unit, protocol and real-TAP suites (Swift Testing), fuzz smoke, sanitizers, the
 # allocation check, then every frontend users run against tapwire (real QEMU 7.2 and 10 guests,
-# libvirt, DPDK, live migration), the operator checks, restart survival and rate limits.
+# libvirt, DPDK, live migration), the operator and sandbox checks, restart survival, rate
+# limits, and the Debian package installed, used and purged.
 test: deps
 	@echo "== unit, protocol and TAP tests"
 	$(SWIFT) build --build-tests
@@ -49,6 +50,8 @@ test: deps
 	Tools/ratelimit-check.sh --no-cost
 	@echo "== rate limits with a real guest"
 	Tools/ratelimit-guest.sh --tapwire $(RELEASE_BIN) --time 6
+	@echo "== the Debian package: lintian, install, units, socket activation and real guests through /usr/bin/tapwire, purge"
+	Tools/package-check.sh
 
 unit: deps
 	$(SWIFT) test
@@ -63,6 +66,11 @@ matrix: release
 # The main job: boot a real guest through tapwire and show it working.
 demo: release
 	@Tools/demo.sh $(RELEASE_BIN)
+
+# The Debian package (.build-pkg/deb/tapwire_VERSION_amd64.deb): the binaries with the Swift
+# runtime linked in, man pages, completions, systemd units, QEMU's vhost-user descriptor.
+deb: deps
+	Tools/packaging/build-deb.sh
 
 # libFuzzer on the message codec and the descriptor-chain walker (seeds in Fixtures/fuzz).
 fuzz: deps

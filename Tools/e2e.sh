@@ -9,6 +9,14 @@
 #   --tapwire BIN               tapwire binary (default $TAPWIRE_BIN or
 #                               .build/release/tapwire under the repo root)
 #   --tapwire-args "ARGS"       extra arguments for tapwire (word-split)
+#   --launcher "CMD"            start the backend with CMD (word-split) instead of
+#                               `BIN --socket-path SOCKET --tap TAP`; {socket} and {tap}
+#                               in CMD become the vhost-user socket's path and the TAP's
+#                               name, --tapwire-args are appended. CMD runs in the test's
+#                               netns and must create the socket (the TAP may come later,
+#                               when QEMU connects), e.g. "systemd-socket-activate -l
+#                               {socket} /usr/bin/tapwire --config FILE" (tapwire only)
+#   --tap NAME                  the host-side TAP's name (default tw0, qt0 for qemu-tap)
 #   --qemu 7.2|10|newest|PATH   which QEMU runs the guest (default newest: 10.0 when
 #                               Tools/install-deps.sh installed it beside 7.2)
 #   --time SECONDS              iperf3 duration per direction (default 5)
@@ -36,6 +44,8 @@ usage() { sed -n '2,/^# Exit status/s/^# \{0,1\}//p' "$0"; }
 BACKEND=tapwire
 TAPWIRE=${TAPWIRE_BIN:-$TW_REPO_ROOT/.build/release/tapwire}
 TAPWIRE_ARGS=
+LAUNCHER=
+TAP_NAME=
 QEMU_WHICH=${TAPWIRE_QEMU:-newest}
 IPERF_TIME=5
 MEM=512M
@@ -55,6 +65,8 @@ while (($#)); do
         --backend) need_arg "$@"; BACKEND=$2; shift ;;
         --tapwire) need_arg "$@"; TAPWIRE=$2; shift ;;
         --tapwire-args) need_arg "$@"; TAPWIRE_ARGS=$2; shift ;;
+        --launcher) need_arg "$@"; LAUNCHER=$2; shift ;;
+        --tap) need_arg "$@"; TAP_NAME=$2; shift ;;
         --qemu) need_arg "$@"; QEMU_WHICH=$2; shift ;;
         --time) need_arg "$@"; IPERF_TIME=$2; shift ;;
         --mem) need_arg "$@"; MEM=$2; shift ;;
@@ -77,11 +89,13 @@ case $BACKEND in tapwire | qemu-tap) ;; *) tw_die "--backend must be tapwire or 
 [[ $IPERF_TIME =~ ^[0-9]+$ && $IPERF_TIME -gt 0 ]] || tw_die "--time must be a positive integer"
 [[ $HOLD =~ ^[0-9]+$ ]] || tw_die "--hold must be a number of seconds"
 [[ $MEM =~ ^[0-9]+[MG]$ ]] || tw_die "--mem must look like 512M or 1G"
+[[ -z $LAUNCHER || $BACKEND == tapwire ]] || tw_die "--launcher starts a vhost-user backend: only with --backend tapwire"
+[[ -z $TAP_NAME || $TAP_NAME =~ ^[A-Za-z0-9_.-]{1,15}$ ]] || tw_die "--tap must be an interface name (at most 15 characters)"
 
 tw_require_root
 
 # Fail fast, before any slow setup, when the binary under test is missing.
-if [[ $BACKEND == tapwire ]]; then
+if [[ $BACKEND == tapwire && -z $LAUNCHER ]]; then
     [[ -x $TAPWIRE ]] || tw_die "tapwire binary not found or not executable: $TAPWIRE
   build it first (swift build -c release) or pass --tapwire BIN / set TAPWIRE_BIN"
     TAPWIRE=$(cd "$(dirname "$TAPWIRE")" && pwd)/$(basename "$TAPWIRE")
@@ -138,13 +152,21 @@ NETDEV_ARGS=()
 QEMU_PREFIX=()
 case $BACKEND in
 tapwire)
-    HOST_IF=tw0
+    HOST_IF=${TAP_NAME:-tw0}
     read -r -a extra <<<"$TAPWIRE_ARGS"
     # tapwire runs inside the netns so the TAP it creates is born there; the
     # vhost-user socket is a file, so QEMU in the root namespace still reaches it.
-    tw_log "starting tapwire in netns $NS: $TAPWIRE --socket-path $SOCK --tap $HOST_IF ${extra[*]}"
-    tw_spawn "$RUN_DIR/tapwire.log" ip netns exec "$NS" "$TAPWIRE" \
-        --socket-path "$SOCK" --tap "$HOST_IF" "${extra[@]}"
+    if [[ -n $LAUNCHER ]]; then
+        launcher=${LAUNCHER//\{socket\}/$SOCK}
+        launcher=${launcher//\{tap\}/$HOST_IF}
+        read -r -a launch <<<"$launcher"
+        tw_log "starting the backend in netns $NS: ${launch[*]} ${extra[*]}"
+        tw_spawn "$RUN_DIR/tapwire.log" ip netns exec "$NS" "${launch[@]}" "${extra[@]}"
+    else
+        tw_log "starting tapwire in netns $NS: $TAPWIRE --socket-path $SOCK --tap $HOST_IF ${extra[*]}"
+        tw_spawn "$RUN_DIR/tapwire.log" ip netns exec "$NS" "$TAPWIRE" \
+            --socket-path "$SOCK" --tap "$HOST_IF" "${extra[@]}"
+    fi
     BACKEND_PID=$TW_SPAWNED_PID
     tw_at_exit "tw_stop $BACKEND_PID 5"
     tw_wait_until 20 "$BACKEND_PID" "tapwire's socket $SOCK" tw_is_socket "$SOCK" ||
@@ -153,7 +175,7 @@ tapwire)
         -netdev "vhost-user,id=n0,chardev=c0")
     ;;
 qemu-tap)
-    HOST_IF=qt0
+    HOST_IF=${TAP_NAME:-qt0}
     # Pre-create the TAP so it is addressed before the guest pings; QEMU
     # attaches to it by name (it would otherwise create one itself).
     ip -n "$NS" tuntap add dev "$HOST_IF" mode tap vnet_hdr

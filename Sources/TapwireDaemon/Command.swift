@@ -183,7 +183,8 @@ public struct TapwireCommand: ParsableCommand {
 
     var frontendEndpoint: FrontendEndpoint {
         if let fd { return .inheritedListener(fd: fd) }
-        if socketPath == nil, let activated = SocketActivation.listener { return .inheritedListener(fd: activated) }
+        // A socket unit's socket wins over a "socket-path" left in the config file.
+        if !client, let activated = SocketActivation.listener { return .inheritedListener(fd: activated) }
         return client ? .connect(path: socketPath!) : .listen(path: socketPath!)
     }
 

@@ -25,7 +25,11 @@ struct Daemon {
         }
         let device = NetDevice(config: config, tap: tap, logger: logger, now: monotonicNanoseconds())
         logger.info("offering offloads: \(device.availableOffloads.names.joined(separator: ","))")
-        let loop = try BackendLoop(device: device, endpoint: command.frontendEndpoint, logger: logger)
+        let endpoint = command.frontendEndpoint
+        if case .inheritedListener = endpoint, command.fd == nil, let path = command.socketPath {
+            logger.notice("socket activation: serving the inherited socket, not --socket-path \(path)")
+        }
+        let loop = try BackendLoop(device: device, endpoint: endpoint, logger: logger)
         try loop.handleTerminationSignals()
         try loop.prepare()
         let control = try ControlPlane.start(command: command, loop: loop, logger: logger)

@@ -26,6 +26,7 @@ struct Tapwirectl: AsyncParsableCommand {
             The socket is the one given to tapwire with --api-socket; it can also be set with \
             the TAPWIRE_API_SOCKET environment variable.
             """,
+        version: TapwireVersion.current,
         subcommands: [Status.self, Stats.self, Limit.self],
         defaultSubcommand: Status.self)
 
