@@ -102,19 +102,13 @@ fi
 LV_URI=qemu:///system
 virsh_() { virsh -q -c "$LV_URI" "$@"; }
 
-# A process is alive when it exists and is not a zombie: libvirtd and virtlogd daemonize
-# (-d), so they are not our children and PID 1 may be slow to reap them.
-pid_alive() {
-    [[ -n ${1:-} && -r /proc/$1/stat ]] || return 1
-    local state
-    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [[ -n $state && $state != Z ]]
-}
+# libvirtd and virtlogd daemonize (-d): they are not our children, so tw_pid_alive (not a
+# zombie) and tw_stop_daemon, not tw_alive and tw_stop.
 # pids (not zombies) whose command name is exactly $1
 pids_named() {
     local p
     for p in /proc/[0-9]*; do
-        [[ $(cat "$p/comm" 2>/dev/null) == "$1" ]] && pid_alive "${p#/proc/}" && echo "${p#/proc/}"
+        [[ $(cat "$p/comm" 2>/dev/null) == "$1" ]] && tw_pid_alive "${p#/proc/}" && echo "${p#/proc/}"
     done
     return 0
 }
@@ -194,20 +188,8 @@ EOF
 VIRTLOGD_PID=
 stop_virtlogd() {
     [[ -n $VIRTLOGD_PID ]] || return 0
-    stop_daemon "$VIRTLOGD_PID" 10
+    tw_stop_daemon "$VIRTLOGD_PID" 10
     VIRTLOGD_PID=
-}
-# stop_daemon PID GRACE: SIGTERM, then SIGKILL after GRACE seconds (a daemon this script started).
-stop_daemon() {
-    local pid=$1 grace=$2 i
-    pid_alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do
-        pid_alive "$pid" || return 0
-        sleep 0.1
-    done
-    tw_warn "pid $pid ignored SIGTERM for ${grace}s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
 }
 virtlogd -d -f "$TMP/virtlogd.conf" -p "$TMP/virtlogd.pid" >"$TMP/virtlogd.start.log" 2>&1 ||
     { tw_tail_log "$TMP/virtlogd.start.log" 10 "virtlogd start"; tw_die "virtlogd -d failed"; }
@@ -229,13 +211,13 @@ destroy_our_domains() {
 stop_libvirtd() {
     [[ -n $LIBVIRTD_PID ]] || return 0
     destroy_our_domains
-    stop_daemon "$LIBVIRTD_PID" 20
+    tw_stop_daemon "$LIBVIRTD_PID" 20
     LIBVIRTD_PID= LIBVIRTD_FOR=
 }
 tw_at_exit stop_libvirtd
 
 libvirt_ready() {
-    [[ -s $TMP/libvirtd.pid ]] && pid_alive "$(cat "$TMP/libvirtd.pid")" && virsh_ uri >/dev/null 2>&1
+    [[ -s $TMP/libvirtd.pid ]] && tw_pid_alive "$(cat "$TMP/libvirtd.pid")" && virsh_ uri >/dev/null 2>&1
 }
 
 # start_libvirtd 7|10: one libvirtd for the rows of that QEMU. For 10 it runs in a private mount
@@ -260,7 +242,7 @@ start_libvirtd() {
             break
         fi
         # The first start after installing may fail (network sockets); a second one works.
-        [[ ! -s $TMP/libvirtd.pid ]] || stop_daemon "$(cat "$TMP/libvirtd.pid")" 10
+        [[ ! -s $TMP/libvirtd.pid ]] || tw_stop_daemon "$(cat "$TMP/libvirtd.pid")" 10
         tw_warn "libvirtd start $try for QEMU $qv did not answer; retrying"
         sleep 1
     done
@@ -474,7 +456,7 @@ row_teardown() {
     if virsh_ domstate "$ROW_DOM" >/dev/null 2>&1; then
         virsh_ destroy "$ROW_DOM" >>"$TMP/$ROW_ID-virsh.log" 2>&1 || true
     fi
-    for ((i = 0; i < 100; i++)); do pid_alive "$ROW_QEMU_PID" || break; sleep 0.2; done
+    for ((i = 0; i < 100; i++)); do tw_pid_alive "$ROW_QEMU_PID" || break; sleep 0.2; done
     # Keep the domain's QEMU log with the rest (libvirt's copy goes at exit).
     cp "/var/log/libvirt/qemu/$ROW_DOM.log" "$TMP/$ROW_ID-qemu.log" 2>/dev/null || true
     rm -f "/var/log/libvirt/qemu/$ROW_DOM.log"
@@ -611,7 +593,7 @@ run_row() {
         row_diagnostics
     fi
     local neg_row=0
-    if [[ $ROW_MODE == server ]] && ((!NEG_DONE)) && [[ -n $ROW_QEMU_PID ]] && pid_alive "$ROW_QEMU_PID" && [[ -S $ROW_SOCK ]]; then
+    if [[ $ROW_MODE == server ]] && ((!NEG_DONE)) && [[ -n $ROW_QEMU_PID ]] && tw_pid_alive "$ROW_QEMU_PID" && [[ -S $ROW_SOCK ]]; then
         negative_check
         neg_row=1 NEG_DONE=1
     fi

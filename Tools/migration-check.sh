@@ -228,7 +228,7 @@ tw_install_traps
 # Unix socket paths must stay short: sockets in /tmp, logs in the run directory.
 TMP=$(mktemp -d /tmp/tw-mig.XXXXXX)
 tw_at_exit "rm -rf '$TMP'"
-export TWM_LOG=$RUN_DIR/qmp.log
+export TW_QMP_LOG=$RUN_DIR/qmp.log
 TWM=$TW_REPO_ROOT/Tools/lib/twmig.py
 STOP_FILE=$TMP/stream.stop
 
@@ -532,7 +532,7 @@ on_failure() {
     done
     tw_tail_log "${BE_LOG[0]}" 25 "backend 0 (${BE_LOG[0]})"
     tw_tail_log "${BE_LOG[1]}" 25 "backend 1 (${BE_LOG[1]})"
-    [[ ! -s $TWM_LOG ]] || tw_tail_log "$TWM_LOG" 8 "QMP traffic ($TWM_LOG)"
+    [[ ! -s $TW_QMP_LOG ]] || tw_tail_log "$TW_QMP_LOG" 8 "QMP traffic ($TW_QMP_LOG)"
     tw_log "run directory: $RUN_DIR"
 }
 tw_at_exit on_failure

@@ -104,7 +104,7 @@ tw_at_exit "rm -rf '$TMP'"
 SOCK_A=$TMP/mq.sock API_A=$TMP/mq.api
 SOCK_B=$TMP/hot.sock API_B=$TMP/hot.api
 QMP_SOCK=$TMP/qmp.sock AGENT_SOCK=$TMP/agent.sock
-export TWQ_LOG=$RUN_DIR/qmp.log
+export TW_QMP_LOG=$RUN_DIR/qmp.log TW_LIB=$TW_REPO_ROOT/Tools/lib
 
 # ---------------------------------------------------------------- QMP and agent client
 
@@ -117,82 +117,15 @@ cat >"$TWQ" <<'PY'
                                     the seconds it took (exit 124 if it never came)
   twq.py agent SOCK TIMEOUT CMD...  run CMD in the guest (Fixtures/guest/agent.sh); print its
                                     output; exit with its status (124: no answer in time)
-QMP traffic is appended to $TWQ_LOG when set."""
+QMP traffic is appended to $TW_QMP_LOG when set (Tools/lib/qmp.py)."""
 import json, os, socket, sys, time
 
-LOG = os.environ.get("TWQ_LOG")
-
-def log(direction, obj):
-    if LOG:
-        with open(LOG, "a") as f:
-            f.write(f"{time.strftime('%H:%M:%S')} {direction} {json.dumps(obj)}\n")
+sys.path.insert(0, os.environ["TW_LIB"])
+from qmp import QMP  # noqa: E402
 
 def die(msg, rc=1):
     print(f"twq: {msg}", file=sys.stderr)
     sys.exit(rc)
-
-class QMP:
-    def __init__(self, path, timeout=30):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        try:
-            self.s.connect(path)
-        except OSError as e:
-            die(f"cannot reach QEMU's QMP socket {path}: {e}")
-        self.buf, self.events, self.n = b"", [], 0
-        if "QMP" not in self.read(time.monotonic() + timeout):
-            die("no QMP greeting")
-        self.call("qmp_capabilities")
-
-    def read(self, deadline):
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            self.s.settimeout(left)
-            data = self.s.recv(65536)
-            if not data:
-                die("QEMU closed the QMP connection")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        msg = json.loads(line)
-        if "event" in msg:
-            log("event", msg)
-        return msg
-
-    def call(self, execute, arguments=None, timeout=60):
-        self.n += 1
-        msg = {"execute": execute, "id": self.n}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        log("->", msg)
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                r = self.read(deadline)
-            except (TimeoutError, socket.timeout):
-                die(f"{execute}: no answer within {timeout}s", 124)
-            if "event" in r:
-                self.events.append(r)
-            elif r.get("id") == self.n:
-                log("<-", r)
-                if "error" in r:
-                    raise RuntimeError(f"{execute}: {r['error'].get('class')}: {r['error'].get('desc')}")
-                return r.get("return")
-
-    def wait_event(self, name, match, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, e in enumerate(self.events):
-                if e["event"] == name and match(e.get("data", {})):
-                    return self.events.pop(i)
-            try:
-                r = self.read(deadline)
-            except (TimeoutError, socket.timeout):
-                return None
-            if "event" in r:
-                self.events.append(r)
 
 def qmp_main(args):
     q = QMP(args[0])
@@ -251,7 +184,12 @@ if __name__ == "__main__":
     mains = {"qmp": qmp_main, "qmp-del": qmp_del_main, "agent": agent_main}
     if len(sys.argv) < 3 or sys.argv[1] not in mains:
         die(__doc__, 2)
-    mains[sys.argv[1]](sys.argv[2:])
+    try:
+        mains[sys.argv[1]](sys.argv[2:])
+    except TimeoutError as e:
+        die(str(e), 124)
+    except OSError as e:  # QEMU unreachable, or it hung up
+        die(f"QMP: {e}")
 PY
 
 qmp() { python3 "$TWQ" qmp "$QMP_SOCK" "$@"; }
@@ -371,7 +309,7 @@ on_failure() {
     grep -v ' trace ' "$TW_B_LOG" >"$TMP/tw-b.short" 2>/dev/null || true
     tw_tail_log "$TMP/tw-a.short" 30 "tapwire --queues 2 ($TW_A_LOG, trace lines left out)"
     tw_tail_log "$TMP/tw-b.short" 30 "tapwire hot-plug ($TW_B_LOG, trace lines left out)"
-    [[ ! -s $TWQ_LOG ]] || tw_tail_log "$TWQ_LOG" 12 "QMP traffic ($TWQ_LOG)"
+    [[ ! -s $TW_QMP_LOG ]] || tw_tail_log "$TW_QMP_LOG" 12 "QMP traffic ($TW_QMP_LOG)"
     tw_log "run directory: $RUN_DIR"
 }
 # Cleanups may run while a command's output is redirected (a signal arrives during it): the

@@ -25,69 +25,16 @@ Tools/libvirt-migration-check.sh (python3 standard library only).
   twmig.py gaps PINGOUT WINDOWS             WINDOWS: lines "NAME START END" (epoch); prints
                                             "NAME GAP_MS": the longest time between two replies
                                             that overlaps the window
-QMP traffic is appended to $TWM_LOG when set."""
+QMP traffic is appended to $TW_QMP_LOG when set (Tools/lib/qmp.py)."""
 import hashlib, json, os, random, select, signal, socket, struct, sys, time
 
-LOG = os.environ.get("TWM_LOG")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import QMP, log  # noqa: E402
 
-def log(direction, obj):
-    if LOG:
-        with open(LOG, "a") as f:
-            f.write(f"{time.strftime('%H:%M:%S')} {direction} {json.dumps(obj)}\n")
 
 def die(msg, rc=1):
     print(f"twmig: {msg}", file=sys.stderr)
     sys.exit(rc)
-
-class QMP:
-    def __init__(self, path, timeout=30, name=None):
-        self.name = name or os.path.basename(path)
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf, self.n = b"", 0
-        if "QMP" not in self.read(time.monotonic() + timeout):
-            die("no QMP greeting")
-        self.call("qmp_capabilities", quiet=True)
-
-    def read(self, deadline):
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            self.s.settimeout(left)
-            data = self.s.recv(65536)
-            if not data:
-                raise ConnectionError(f"{self.name}: QEMU closed the QMP connection")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        msg = json.loads(line)
-        if "event" in msg:
-            log(f"{self.name} event", msg)
-        return msg
-
-    def call(self, execute, arguments=None, timeout=60, quiet=False):
-        self.n += 1
-        msg = {"execute": execute, "id": self.n}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        if not quiet:
-            log(f"{self.name} ->", msg)
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                r = self.read(deadline)
-            except (TimeoutError, socket.timeout):
-                raise RuntimeError(f"{self.name}: {execute}: no answer within {timeout}s")
-            if "event" in r:
-                continue
-            if r.get("id") == self.n:
-                if not quiet or "error" in r:
-                    log(f"{self.name} <-", r)
-                if "error" in r:
-                    raise RuntimeError(f"{execute}: {r['error'].get('class')}: {r['error'].get('desc')}")
-                return r.get("return")
 
 def qmp_main(args):
     q = QMP(args[0])
@@ -95,7 +42,7 @@ def qmp_main(args):
         cmd = json.loads(text)
         try:
             print(json.dumps(q.call(cmd["execute"], cmd.get("arguments"))), flush=True)
-        except RuntimeError as e:
+        except (RuntimeError, TimeoutError) as e:
             die(str(e))
 
 def wait_qmp_main(args):
@@ -106,7 +53,7 @@ def wait_qmp_main(args):
             q = QMP(path, timeout=5)
             print(json.dumps(q.call("query-status", quiet=True)))
             return
-        except (OSError, ConnectionError, RuntimeError):
+        except (OSError, ConnectionError, RuntimeError, TimeoutError):
             if time.monotonic() > deadline:
                 die(f"QEMU does not answer on {path} after {timeout:g}s", 124)
             time.sleep(0.1)
