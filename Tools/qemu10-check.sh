@@ -121,20 +121,17 @@ QMP traffic is appended to $TW_QMP_LOG when set (Tools/lib/qmp.py)."""
 import json, os, socket, sys, time
 
 sys.path.insert(0, os.environ["TW_LIB"])
-from qmp import QMP  # noqa: E402
+from qmp import QMP, run_commands  # noqa: E402
 
 def die(msg, rc=1):
     print(f"twq: {msg}", file=sys.stderr)
     sys.exit(rc)
 
 def qmp_main(args):
-    q = QMP(args[0])
-    for text in args[1:]:
-        cmd = json.loads(text)
-        try:
-            print(json.dumps(q.call(cmd["execute"], cmd.get("arguments"))), flush=True)
-        except RuntimeError as e:
-            die(str(e))
+    try:
+        run_commands(args[0], args[1:])
+    except RuntimeError as e:
+        die(str(e))
 
 def qmp_del_main(args):
     path, dev, timeout = args[0], args[1], float(args[2])

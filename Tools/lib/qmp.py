@@ -80,3 +80,12 @@ class QMP:
                 return None
             if "event" in r:
                 self.events.append(r)
+
+
+def run_commands(path, texts):
+    """Runs QMP commands given as JSON texts ({"execute": ..., "arguments": ...}) in order on
+    one connection, printing each return as one JSON line."""
+    q = QMP(path)
+    for text in texts:
+        cmd = json.loads(text)
+        print(json.dumps(q.call(cmd["execute"], cmd.get("arguments"))), flush=True)

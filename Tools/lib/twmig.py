@@ -29,7 +29,7 @@ QMP traffic is appended to $TW_QMP_LOG when set (Tools/lib/qmp.py)."""
 import hashlib, json, os, random, select, signal, socket, struct, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qmp import QMP, log  # noqa: E402
+from qmp import QMP, log, run_commands  # noqa: E402
 
 
 def die(msg, rc=1):
@@ -37,13 +37,10 @@ def die(msg, rc=1):
     sys.exit(rc)
 
 def qmp_main(args):
-    q = QMP(args[0])
-    for text in args[1:]:
-        cmd = json.loads(text)
-        try:
-            print(json.dumps(q.call(cmd["execute"], cmd.get("arguments"))), flush=True)
-        except (RuntimeError, TimeoutError) as e:
-            die(str(e))
+    try:
+        run_commands(args[0], args[1:])
+    except (RuntimeError, TimeoutError) as e:
+        die(str(e))
 
 def wait_qmp_main(args):
     path, timeout = args[0], float(args[1])
@@ -216,60 +213,59 @@ def send_main(args):
         json.dump(res, f)
     os.rename(out + ".tmp", out)
 
+ETH_ALEN = 6
+ETH_P_ALL = 0x0003
+
+
+def frames_from(iface, mac, snaplen):
+    """(epoch, frame, packet type) of each frame whose source is MAC seen on IFACE, until
+    SIGINT or SIGTERM."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((iface, 0))
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        try:
+            r, _, _ = select.select([s], [], [], 0.5)
+        except InterruptedError:
+            continue
+        if not r:
+            continue
+        frame, addr = s.recvfrom(snaplen)
+        if frame[ETH_ALEN:2 * ETH_ALEN] == mac:
+            yield time.time(), frame, addr[2]
+
+
 def sniff_main(args):
     """Announces from MAC seen on IFACE: gratuitous ARP (sender IP == target IP) and RARP."""
     iface, mac, out = args[0], bytes.fromhex(args[1].replace(":", "")), args[2]
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    s.bind((iface, 0))
-    f = open(out, "w", buffering=1)
-    stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    while not stop:
-        try:
-            r, _, _ = select.select([s], [], [], 0.5)
-        except InterruptedError:
-            continue
-        if not r:
-            continue
-        frame = s.recv(2048)
-        if len(frame) < 42 or frame[6:12] != mac:
-            continue
-        kind = None
-        etype = frame[12:14]
-        if etype == b"\x80\x35":
-            kind = "rarp"
-        elif etype == b"\x08\x06" and frame[28:32] == frame[38:42]:
-            kind = "garp"
-        if kind:
-            f.write(f"{time.time():.6f} {kind}\n")
+    with open(out, "w", buffering=1) as f:
+        for now, frame, _ in frames_from(iface, mac, 2048):
+            if len(frame) < 42:
+                continue
+            kind, etype = None, frame[12:14]
+            if etype == b"\x80\x35":
+                kind = "rarp"
+            elif etype == b"\x08\x06" and frame[28:32] == frame[38:42]:
+                kind = "garp"
+            if kind:
+                f.write(f"{now:.6f} {kind}\n")
+
 
 def frames_main(args):
     iface, mac, out = args[0], bytes.fromhex(args[1].replace(":", "")), args[2]
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    s.bind((iface, 0))
-    f = open(out, "w", buffering=1)
-    stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     last = 0.0
-    while not stop:
-        try:
-            r, _, _ = select.select([s], [], [], 0.5)
-        except InterruptedError:
-            continue
-        if not r:
-            continue
-        frame, addr = s.recvfrom(64)
-        now = time.time()
-        # What the host sends into the TAP is PACKET_OUTGOING; the backend's frames are not.
-        # The backend's own RARP (SEND_RARP) is not the guest's traffic.
-        if addr[2] == socket.PACKET_OUTGOING or frame[6:12] != mac or frame[12:14] == b"\x80\x35":
-            continue
-        if now - last >= 0.020:
-            f.write(f"{last:.6f} {now:.6f}\n")
-        last = now
-    f.write(f"{last:.6f} -\n")
+    with open(out, "w", buffering=1) as f:
+        for now, frame, packet_type in frames_from(iface, mac, 64):
+            # What the host sends into the TAP is PACKET_OUTGOING; the backend's frames are
+            # not. The backend's own RARP (SEND_RARP) is not the guest's traffic.
+            if packet_type == socket.PACKET_OUTGOING or frame[12:14] == b"\x80\x35":
+                continue
+            if now - last >= 0.020:
+                f.write(f"{last:.6f} {now:.6f}\n")
+            last = now
+        f.write(f"{last:.6f} -\n")
 
 def stamp_main(args):
     import subprocess
