@@ -31,8 +31,11 @@
 #
 # Usage: Tools/bench-dpdk.sh [--seconds N] [--warmup S] [--rows abcd] [--wait-quiet N] [--nice N]
 #                            [--inject-cpu N] [--tapwire BIN] [--perf BIN] [--tapwire-args "ARGS"]
+#                            [--scrape-ms N]
 # --tapwire-args adds options to every tapwire run, e.g. "--tap-io writev" to measure the
 # one-writev-per-frame path instead of io_uring batches.
+# --scrape-ms N: during the tapwire rows' window, GET /metrics on its --api-socket every N ms
+# (as a Prometheus would), and report how many scrapes were answered.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -47,6 +50,7 @@ TXQUEUELEN=${TXQUEUELEN:-10000}
 NICE=() # --nice N: the measured processes' command prefix (tw_set_nice in lib/common.sh)
 TAPWIRE_ARGS=()
 TAP=twb0
+SCRAPE_MS=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -60,6 +64,7 @@ while (($#)); do
         --perf) PERF=$2; shift 2 ;;
         --tapwire-args) read -r -a TAPWIRE_ARGS <<<"$2"; shift 2 ;;
         --wait-quiet) WAIT_QUIET=$2; shift 2 ;;
+        --scrape-ms) SCRAPE_MS=$2; shift 2 ;;
         --nice) tw_set_nice "$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) tw_die "unknown argument '$1' (see --help)" ;;
@@ -96,8 +101,9 @@ tw_netns_no_ipv6 "$NS"
 
 # ---------------------------------------------------------------- processes
 
-BACKEND_PID='' FRONTEND_PID='' INJECT_PID=''
+BACKEND_PID='' FRONTEND_PID='' INJECT_PID='' SCRAPER_PID=''
 stop_all() {
+    stop_scraper
     [[ -z $FRONTEND_PID ]] || tw_stop "$FRONTEND_PID" 10
     [[ -z $INJECT_PID ]] || tw_stop "$INJECT_PID" 5
     [[ -z $BACKEND_PID ]] || tw_stop "$BACKEND_PID" 10
@@ -185,6 +191,18 @@ testpmd_mark() {
     now=$(tw_now)
     tr -d '\r' <"$log" | awk -v t="$now" '$1 == "TX-packets:" { tx = $2 } $1 == "RX-packets:" { rx = $2 } END { print t, tx + 0, rx + 0 }'
 }
+# start_scraper FILE: one curl GETs /metrics every SCRAPE_MS ms (--rate; one process, so the
+# scraper's own cost stays small), as many times as fit in the window; each answer's status
+# code goes to FILE. stop_scraper waits for the last one.
+start_scraper() {
+    curl -s --max-time $((WINDOW + 10)) --unix-socket "$API" --rate "$((60000 / SCRAPE_MS))/m" -o /dev/null \
+        -w '%{http_code}\n' "http://tapwire/metrics?scrape=[1-$((WINDOW * 1000 / SCRAPE_MS))]" >"$1" 2>/dev/null &
+    SCRAPER_PID=$!
+}
+stop_scraper() {
+    [[ -z $SCRAPER_PID ]] || wait "$SCRAPER_PID" 2>/dev/null || true
+    SCRAPER_PID=''
+}
 tapwire_tx_frames() { curl -sf --max-time 5 --unix-socket "$API" http://tapwire/metrics.json | jq -r '.queues[1].frames'; }
 
 # ---------------------------------------------------------------- one measurement
@@ -218,8 +236,11 @@ measure() {
     m0=$(testpmd_mark "$log_fe") || tw_die "row $row/$kind: the frontend stopped printing statistics"
     c0=$(cpu_ticks "$BACKEND_PID") w0=$(run_delay_ns "$BACKEND_PID") tap0=$(tap_counters)
     [[ $kind == tapwire && $row == c ]] && k0=$(tapwire_tx_frames)
+    local scrapes=$WORK/$row-$kind-scrapes
+    [[ $kind == tapwire ]] && ((SCRAPE_MS > 0)) && start_scraper "$scrapes"
     sleep "$WINDOW"
     m1=$(testpmd_mark "$log_fe") || tw_die "row $row/$kind: the frontend stopped printing statistics"
+    stop_scraper
     c1=$(cpu_ticks "$BACKEND_PID") w1=$(run_delay_ns "$BACKEND_PID") tap1=$(tap_counters)
     [[ $kind == tapwire && $row == c ]] && k1=$(tapwire_tx_frames)
     [[ -z ${BENCH_DEBUG:-} ]] || tw_log "row $row/$kind marks: [$m0] [$m1] tap [$tap0] [$tap1] cpu $c0 $c1"
@@ -251,6 +272,7 @@ measure() {
             ;;
     esac
     stop_all
+    [[ -e $scrapes ]] && NOTE+="; $(grep -cx 200 "$scrapes" || true) /metrics scrapes answered in the window (every ${SCRAPE_MS} ms)"
     if [[ $row == d && -s $WORK/$row-$kind-inject.log ]]; then
         NOTE+="; the generator sent $(jq -r '.frames_per_second | floor' "$WORK/$row-$kind-inject.log" 2>/dev/null || echo '?')/s"
     fi

@@ -12,20 +12,26 @@ struct LoopControlBackend: ControlBackend {
     let name: String
     let socketPath: String
 
-    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (BackendLoop) -> T) async -> T {
+    /// Runs `body` on the loop thread; `pausingWorkers` parks the workers around it.
+    private func onLoop<T: Sendable>(pausingWorkers: Bool = true,
+                                     _ body: @escaping @Sendable (BackendLoop) -> T) async -> T {
         await withCheckedContinuation { continuation in
-            // Queue state belongs to the worker threads; read and change it while they are parked.
-            mailbox.post { loop in continuation.resume(returning: loop.withWorkersPaused { body(loop) }) }
+            mailbox.post { loop in
+                continuation.resume(returning: pausingWorkers ? loop.withWorkersPaused { body(loop) } : body(loop))
+            }
         }
     }
 
+    // Queue state (faults, limiters) belongs to the worker threads: read and change it while
+    // they are parked.
     func status() async -> VMStatus {
         let name = self.name, socketPath = self.socketPath
         return await onLoop { loop in loop.status(name: name, socketPath: socketPath) }
     }
 
+    // The counters are atomics: a scrape reads them without parking the packet path.
     func metrics() async -> MetricsSnapshot {
-        await onLoop { loop in loop.metricsSnapshot() }
+        await onLoop(pausingWorkers: false) { loop in loop.metricsSnapshot() }
     }
 
     func updateLimits(_ update: LimitUpdate, replace: Bool) async throws -> VMStatus {

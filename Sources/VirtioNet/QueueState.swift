@@ -3,6 +3,7 @@ import SystemCalls
 import Virtqueue
 import RateLimiter
 import VhostUser
+import Synchronization
 
 /// Why a frame was dropped, for counters and metrics. A fixed set so counting never allocates.
 public enum DropReason: Int, CaseIterable, Sendable {
@@ -20,38 +21,56 @@ public enum DropReason: Int, CaseIterable, Sendable {
     }
 }
 
-/// Counters of one virtqueue. Plain integers: only the queue's thread writes them; readers get
-/// a copy through the loop.
-public struct QueueStats: Sendable, Equatable, Codable {
-    public var frames: UInt64 = 0
-    public var bytes: UInt64 = 0
-    public var kicks: UInt64 = 0
-    public var interrupts: UInt64 = 0
+/// Counters of one virtqueue. One writer at a time (the queue's thread, or the loop while it
+/// is parked), so a relaxed load and store suffice, no read-modify-write; readers on other
+/// threads load them relaxed without parking the packet path, as Firecracker's metrics do.
+/// Each counter is exact; a reader may see one a few frames ahead of another.
+public final class QueueStats: Sendable {
+    private let _frames = Atomic<UInt64>(0), _bytes = Atomic<UInt64>(0), _kicks = Atomic<UInt64>(0)
+    private let _interrupts = Atomic<UInt64>(0), _tapBatches = Atomic<UInt64>(0), _interruptsHeld = Atomic<UInt64>(0)
+    private let _throttledEvents = Atomic<UInt64>(0), _throttledNanoseconds = Atomic<UInt64>(0)
+    private let _dropBadChain = Atomic<UInt64>(0), _dropBadHeader = Atomic<UInt64>(0), _dropTapError = Atomic<UInt64>(0)
+    private let _dropQueueDisabled = Atomic<UInt64>(0), _dropTruncated = Atomic<UInt64>(0), _dropNoGuest = Atomic<UInt64>(0)
+
+    public var frames: UInt64 { get { _frames.load(ordering: .relaxed) } set { _frames.store(newValue, ordering: .relaxed) } }
+    public var bytes: UInt64 { get { _bytes.load(ordering: .relaxed) } set { _bytes.store(newValue, ordering: .relaxed) } }
+    public var kicks: UInt64 { get { _kicks.load(ordering: .relaxed) } set { _kicks.store(newValue, ordering: .relaxed) } }
+    public var interrupts: UInt64 {
+        get { _interrupts.load(ordering: .relaxed) } set { _interrupts.store(newValue, ordering: .relaxed) }
+    }
     /// io_uring submissions to the TAP (frames / tapBatches is the batch size reached).
-    public var tapBatches: UInt64 = 0
+    public var tapBatches: UInt64 {
+        get { _tapBatches.load(ordering: .relaxed) } set { _tapBatches.store(newValue, ordering: .relaxed) }
+    }
     /// Interrupts held back by moderation (each then went out later, or not at all if the
     /// guest no longer wanted it).
-    public var interruptsHeld: UInt64 = 0
-    public var throttledEvents: UInt64 = 0
-    public var throttledNanoseconds: UInt64 = 0
-    public var dropBadChain: UInt64 = 0
-    public var dropBadHeader: UInt64 = 0
-    public var dropTapError: UInt64 = 0
-    public var dropQueueDisabled: UInt64 = 0
-    public var dropTruncated: UInt64 = 0
-    public var dropNoGuest: UInt64 = 0
+    public var interruptsHeld: UInt64 {
+        get { _interruptsHeld.load(ordering: .relaxed) } set { _interruptsHeld.store(newValue, ordering: .relaxed) }
+    }
+    public var throttledEvents: UInt64 {
+        get { _throttledEvents.load(ordering: .relaxed) } set { _throttledEvents.store(newValue, ordering: .relaxed) }
+    }
+    public var throttledNanoseconds: UInt64 {
+        get { _throttledNanoseconds.load(ordering: .relaxed) } set { _throttledNanoseconds.store(newValue, ordering: .relaxed) }
+    }
+    public var dropBadChain: UInt64 { _dropBadChain.load(ordering: .relaxed) }
+    public var dropBadHeader: UInt64 { _dropBadHeader.load(ordering: .relaxed) }
+    public var dropTapError: UInt64 { _dropTapError.load(ordering: .relaxed) }
+    public var dropQueueDisabled: UInt64 { _dropQueueDisabled.load(ordering: .relaxed) }
+    public var dropTruncated: UInt64 { _dropTruncated.load(ordering: .relaxed) }
+    public var dropNoGuest: UInt64 { _dropNoGuest.load(ordering: .relaxed) }
 
     public init() {}
 
     @inline(__always)
-    public mutating func drop(_ reason: DropReason) {
+    public func drop(_ reason: DropReason) {
         switch reason {
-        case .badChain: dropBadChain &+= 1
-        case .badHeader: dropBadHeader &+= 1
-        case .tapError: dropTapError &+= 1
-        case .queueDisabled: dropQueueDisabled &+= 1
-        case .truncated: dropTruncated &+= 1
-        case .noGuest: dropNoGuest &+= 1
+        case .badChain: _dropBadChain.store(dropBadChain &+ 1, ordering: .relaxed)
+        case .badHeader: _dropBadHeader.store(dropBadHeader &+ 1, ordering: .relaxed)
+        case .tapError: _dropTapError.store(dropTapError &+ 1, ordering: .relaxed)
+        case .queueDisabled: _dropQueueDisabled.store(dropQueueDisabled &+ 1, ordering: .relaxed)
+        case .truncated: _dropTruncated.store(dropTruncated &+ 1, ordering: .relaxed)
+        case .noGuest: _dropNoGuest.store(dropNoGuest &+ 1, ordering: .relaxed)
         }
     }
 
@@ -86,7 +105,8 @@ public final class QueueState {
     public var started = false
     public var ring: SplitQueue?
     public var fault: String?
-    public var stats = QueueStats()
+    /// Readable from any thread.
+    public let stats = QueueStats()
 
     /// Reused for every chain of this queue; points into guest memory.
     public let vectors = IOVectorBuffer(capacity: 1024)
