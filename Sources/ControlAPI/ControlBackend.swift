@@ -1,5 +1,7 @@
 // What the control server needs from the daemon.
 
+import RateLimiter
+
 /// Implemented by the daemon (hopping onto its event-loop thread to read or change state)
 /// and by fakes in tests. Every call comes from the control server's own thread, never
 /// from a packet thread.

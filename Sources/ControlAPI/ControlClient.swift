@@ -1,5 +1,7 @@
 // Typed access to a tapwire control API, for tapwirectl and tests.
 
+import RateLimiter
+
 /// Why a control API call failed. `description` is one line meant for a person.
 public enum ControlClientError: Error, Sendable, Equatable, CustomStringConvertible {
     /// No HTTP answer (no socket, refused, timeout, ...).

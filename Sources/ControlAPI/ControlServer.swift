@@ -11,6 +11,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RateLimiter
 import Synchronization
 
 /// Serves the control API (GET /vm, GET /metrics, GET /metrics.json, PUT|PATCH /vm/limits,
@@ -57,8 +58,7 @@ public final class ControlServer: Sendable {
         self.backend = backend
         self.logger = logger
         self.maxBodyBytes = maxBodyBytes
-        let (seconds, attoseconds) = backendTimeout.components
-        self.backendTimeout = .nanoseconds(Int64(seconds) * 1_000_000_000 + attoseconds / 1_000_000_000)
+        self.backendTimeout = TimeAmount(backendTimeout)
         self.socketPermissions = socketPermissions.map { mode_t($0) }
     }
 
@@ -119,8 +119,13 @@ public final class ControlServer: Sendable {
             if state.group != nil {
                 throw ControlServerError(message: "control server on \(socketPath) is already running")
             }
-            try Self.refuseLiveSocket(socketPath)
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            do {
+                try Self.refuseLiveSocket(socketPath, group: group)
+            } catch {
+                try? group.syncShutdownGracefully()
+                throw error
+            }
             state.group = group
             state.gate = ResponseGate()
             return group
@@ -197,14 +202,13 @@ public final class ControlServer: Sendable {
 
     /// Binding with cleanupExistingSocketFile would silently steal the socket of another
     /// running daemon; refuse if something answers there.
-    private static func refuseLiveSocket(_ path: String) throws {
-        guard identity(of: path) != nil else { return }
-        switch UnixSocket.probe(path) {
-        case .accepting:
-            throw ControlServerError(message: "control socket \(path) is in use by another process")
-        case .absentOrStale:
-            return
-        }
+    private static func refuseLiveSocket(_ path: String, group: MultiThreadedEventLoopGroup) throws {
+        guard identity(of: path) != nil,
+              let channel = try? ClientBootstrap(group: group).connectTimeout(.milliseconds(500))
+                  .connect(unixDomainSocketPath: path).wait()
+        else { return }
+        channel.close(promise: nil)
+        throw ControlServerError(message: "control socket \(path) is in use by another process")
     }
 }
 
@@ -346,7 +350,7 @@ final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         timeout = context.eventLoop.scheduleTask(in: backendTimeout) {
             let (handler, context) = bound.value
             var response = ControlResponse.error(.serviceUnavailable,
-                                                 "tapwire did not answer within \(LimitFormatting.number(seconds, fractionDigits: 3)) s")
+                                                 "tapwire did not answer within \(LimitFormatter.number(seconds, fractionDigits: 3)) s")
             response.close = true
             handler.finish(id: id, response: response, context: context)
         }

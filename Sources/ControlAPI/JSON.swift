@@ -25,6 +25,8 @@ public enum ControlJSON {
         do {
             return try JSONDecoder().decode(type, from: Data(bytes))
         } catch let error as DecodingError {
+            // The decoder only says "not valid JSON" (no position, no underlying error):
+            // JSONSyntax finds where.
             if case .dataCorrupted(let context) = error, context.codingPath.isEmpty,
                let syntax = JSONSyntax.firstError(in: bytes) {
                 throw .badRequest("malformed JSON: \(syntax)")
@@ -39,13 +41,7 @@ public enum ControlJSON {
     public static func describe(_ error: DecodingError) -> String {
         switch error {
         case .dataCorrupted(let context):
-            if context.codingPath.isEmpty {
-                // A syntax error: the underlying error has the details (line and column).
-                if let underlying = context.underlyingError {
-                    return "malformed JSON: \(underlyingText(underlying))"
-                }
-                return "malformed JSON: \(context.debugDescription)"
-            }
+            if context.codingPath.isEmpty { return "malformed JSON: \(context.debugDescription)" }
             if let parse = context.underlyingError as? LimitParseError {
                 // The parser's message starts with the field it was given; give it the full path.
                 let path = context.codingPath.map(\.stringValue)
@@ -67,20 +63,6 @@ public enum ControlJSON {
 
     private static func pathOrRoot(_ path: [any CodingKey]) -> String {
         path.isEmpty ? "body" : dottedPath(path)
-    }
-
-    private static func underlyingText(_ error: any Error) -> String {
-        // Foundation's NSError keeps the detail in its debug description; swift-foundation's
-        // JSONError prints it directly.
-        let text = "\(error)"
-        let marker = Array("NSDebugDescription=".utf8)
-        let bytes = Array(text.utf8)
-        if let at = HTTPResponseParser.find(marker, in: bytes, from: 0) {
-            var detail = bytes[(at + marker.count)...]
-            if let end = detail.firstIndex(where: { $0 == UInt8(ascii: "}") }) { detail = detail[..<end] }
-            return String(decoding: detail, as: UTF8.self)
-        }
-        return text
     }
 
     private static func jsonTypeName(_ type: Any.Type) -> String {

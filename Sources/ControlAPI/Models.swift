@@ -43,10 +43,6 @@ public struct QueueStatus: Codable, Sendable, Equatable {
         self.running = running
         self.fault = fault
     }
-
-    enum CodingKeys: String, CodingKey {
-        case index, direction, size, enabled, running, fault
-    }
 }
 
 /// The rate limits in force, structured (RateLimiter's canonical form) and as text.
@@ -63,8 +59,8 @@ public struct LimitsStatus: Codable, Sendable, Equatable {
     public init(tx: DirectionLimits, rx: DirectionLimits) {
         self.tx = tx
         self.rx = rx
-        self.txHuman = LimitFormatting.describe(tx)
-        self.rxHuman = LimitFormatting.describe(rx)
+        self.txHuman = LimitFormatter.direction(tx)
+        self.rxHuman = LimitFormatter.direction(rx)
     }
 
     public init(_ limits: RateLimits) {
@@ -72,8 +68,6 @@ public struct LimitsStatus: Codable, Sendable, Equatable {
     }
 
     public static let unlimited = LimitsStatus(.unlimited)
-
-    public var rateLimits: RateLimits { RateLimits(tx: tx, rx: rx) }
 
     enum CodingKeys: String, CodingKey {
         case tx, rx

@@ -69,13 +69,13 @@ public enum PrometheusRenderer {
                    "Configured bandwidth limit (tx: from the guest, rx: to the guest); 0 means unlimited.")
         for (direction, limit) in limits {
             out.sample("tapwire_rate_limit_bytes_per_second", [("direction", direction)],
-                       limit.bandwidth.map(LimitFormatting.ratePerSecond) ?? 0)
+                       limit.bandwidth.map(LimitFormatter.ratePerSecond) ?? 0)
         }
         out.family("tapwire_rate_limit_ops_per_second", .gauge,
                    "Configured frame-rate limit (tx: from the guest, rx: to the guest); 0 means unlimited.")
         for (direction, limit) in limits {
             out.sample("tapwire_rate_limit_ops_per_second", [("direction", direction)],
-                       limit.ops.map(LimitFormatting.ratePerSecond) ?? 0)
+                       limit.ops.map(LimitFormatter.ratePerSecond) ?? 0)
         }
         return out.text
     }
@@ -88,7 +88,7 @@ struct Exposition {
     var text = ""
 
     mutating func family(_ name: String, _ type: MetricType, _ help: String) {
-        text += "# HELP \(name) \(Self.escapeHelp(help))\n# TYPE \(name) \(type.rawValue)\n"
+        text += "# HELP \(name) \(Self.escape(help, quote: false))\n# TYPE \(name) \(type.rawValue)\n"
     }
 
     mutating func sample(_ name: String, _ labels: [(String, String)], _ value: UInt64) {
@@ -106,31 +106,18 @@ struct Exposition {
     private mutating func line(_ name: String, _ labels: [(String, String)], _ value: String) {
         text += name
         if !labels.isEmpty {
-            text += "{" + labels.map { "\($0.0)=\"\(Self.escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
+            text += "{" + labels.map { "\($0.0)=\"\(Self.escape($0.1))\"" }.joined(separator: ",") + "}"
         }
         text += " " + value + "\n"
     }
 
-    /// Label values escape backslash, double quote and line feed.
-    static func escapeLabel(_ value: String) -> String {
+    /// Label values escape backslash, double quote and line feed; HELP text the same but the quote.
+    static func escape(_ value: String, quote: Bool = true) -> String {
         var out = ""
         for ch in value {
             switch ch {
             case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            default: out.append(ch)
-            }
-        }
-        return out
-    }
-
-    /// HELP text escapes backslash and line feed.
-    static func escapeHelp(_ value: String) -> String {
-        var out = ""
-        for ch in value {
-            switch ch {
-            case "\\": out += "\\\\"
+            case "\"" where quote: out += "\\\""
             case "\n": out += "\\n"
             default: out.append(ch)
             }

@@ -1,4 +1,4 @@
-// Human-readable limits for logs and status output, e.g.
+// Human-readable limits and numbers for logs, status output and tapwirectl, e.g.
 //   "10 Mbit/s, burst 80 KiB"
 //   "1.5 Gbit/s, burst 1.17 MB, one-time burst 1 MiB"
 //   "1000 frames/s, burst 8 frames"
@@ -60,6 +60,32 @@ public enum LimitFormatter {
             return "\(fixed(thousandths: hundredths * 10)) \(u.1)"
         }
         return "\(n) B"
+    }
+
+    /// Tokens per second of a bucket (bytes/s or frames/s); 0 when it is disabled.
+    public static func ratePerSecond(_ config: BucketConfig) -> Double {
+        guard config.isEnabled else { return 0 }
+        return Double(config.size) * 1e9 / Double(config.refillTimeNanoseconds)
+    }
+
+    /// `value` rounded to at most `fractionDigits` decimals, without trailing zeros: 1.5, 100, 0.333.
+    public static func number(_ value: Double, fractionDigits: Int) -> String {
+        guard value.isFinite else { return value.isNaN ? "NaN" : (value < 0 ? "-Inf" : "Inf") }
+        var scale: Double = 1
+        for _ in 0..<max(0, min(fractionDigits, 9)) { scale *= 10 }
+        let scaled = (abs(value) * scale).rounded()
+        guard scaled < 9e18 else { return String(value) }
+        let total = UInt64(scaled)
+        let divisor = UInt64(scale)
+        var text = String(total / divisor)
+        let fraction = total % divisor
+        if fraction > 0 {
+            var digits = String(fraction)
+            digits = String(repeating: "0", count: String(divisor).count - 1 - digits.count) + digits
+            while digits.last == "0" { digits.removeLast() }
+            text += "." + digits
+        }
+        return (value < 0 && total > 0 ? "-" : "") + text
     }
 
     /// num/den in the largest unit not exceeding it, rounded to 3 decimals, trailing zeros dropped.

@@ -223,27 +223,6 @@ public enum LimitParser {
                            rate: (rateField, rate, .count), burst: burst.map { (burstField, $0, .count) })
     }
 
-    /// Parses a lone SIZE (bytes), e.g. "64KiB".
-    public static func size(_ text: String, flag: String) throws(LimitParseError) -> UInt64 {
-        try field(flag, text, .size) { (s) throws(LimitParseError.Reason) in try parseSize(s[...]) }
-    }
-
-    // MARK: Whole command lines
-
-    /// If `flag` is one of --tx-bandwidth, --rx-bandwidth, --tx-ops, --rx-ops, parses
-    /// `value` into the matching field of `limits` and returns true; otherwise returns
-    /// false and leaves `limits` alone.
-    public static func apply(flag: String, value: String, to limits: inout RateLimits) throws(LimitParseError) -> Bool {
-        switch flag {
-        case txBandwidthFlag: limits.tx.bandwidth = try bandwidth(value, flag: flag)
-        case rxBandwidthFlag: limits.rx.bandwidth = try bandwidth(value, flag: flag)
-        case txOpsFlag: limits.tx.ops = try ops(value, flag: flag)
-        case rxOpsFlag: limits.rx.ops = try ops(value, flag: flag)
-        default: return false
-        }
-        return true
-    }
-
     // MARK: - Internals
 
     typealias Reason = LimitParseError.Reason

@@ -82,9 +82,7 @@ extension DirectionLimits: Codable {
     }
 
     public init(from decoder: any Decoder) throws {
-        let fields = try LimitFields(from: decoder)
-        bandwidth = fields.bandwidth.value
-        ops = fields.ops.value
+        self = try DirectionUpdate(limitFieldsFrom: decoder).applied(to: .unlimited)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -123,21 +121,25 @@ public struct RateLimits: Sendable, Equatable, Hashable, Codable {
     }
 }
 
-/// A partial update for one direction (for an HTTP PATCH): a key that is absent
-/// keeps the current limit, an explicit `null` removes it, a value replaces it.
-/// Accepts the same two JSON forms as `DirectionLimits`.
-/// `{"ops": null}` removes the ops limit and keeps bandwidth;
-/// `{"bandwidth_rate": "1Gbit"}` replaces bandwidth (with the default burst) and keeps ops.
-public struct LimitPatch: Sendable, Equatable, Decodable {
+/// A change to one direction's limits: the body of PUT and PATCH /vm/limits, per
+/// direction, and what tapwirectl's flags turn into.
+///
+///     {"tx": {"bandwidth": "100Mbit,burst=64KiB", "ops": "10000"}, "rx": {"ops": null}}
+///
+/// Within a direction, "bandwidth" and "ops" are each one of:
+///   absent              PATCH: keep the current limit.  PUT: no limit.
+///   null or "off"       remove the limit
+///   "RATE[,burst=...]"  the flag syntax (--tx-bandwidth / --tx-ops), parsed by LimitParser
+///   12500000            a plain number: bytes/s (bandwidth) or frames/s (ops), default burst
+///   {"size": 81920, "refill_time_ns": 6553600, "one_time_burst": 0}   a canonical bucket
+/// A direction may instead use the canonical and convenience keys of `DirectionLimits`
+/// ("bandwidth_rate", ...), where an absent key keeps and null removes; a whole direction
+/// may be null or "off" to remove both of its limits. Unknown keys are errors.
+public struct DirectionUpdate: Sendable, Equatable {
     public enum Change: Sendable, Equatable {
         case keep
         case remove
         case set(BucketConfig)
-
-        var value: BucketConfig? {
-            if case .set(let config) = self { return config }
-            return nil
-        }
 
         public func applied(to current: BucketConfig?) -> BucketConfig? {
             switch self {
@@ -156,45 +158,63 @@ public struct LimitPatch: Sendable, Equatable, Decodable {
         self.ops = ops
     }
 
-    public init(from decoder: any Decoder) throws {
-        let fields = try LimitFields(from: decoder)
-        bandwidth = fields.bandwidth
-        ops = fields.ops
+    /// Removes both limits.
+    public static let removeAll = DirectionUpdate(bandwidth: .remove, ops: .remove)
+
+    /// Parses flag-style values: nil keeps, "off" removes, anything else goes through
+    /// LimitParser. `bandwidthFlag` / `opsFlag` name the field in error messages
+    /// (e.g. "--tx-bandwidth" or "tx.bandwidth").
+    public static func parse(bandwidth: String?, ops: String?,
+                             bandwidthFlag: String, opsFlag: String) throws(LimitParseError) -> DirectionUpdate {
+        var update = DirectionUpdate()
+        if let bandwidth {
+            update.bandwidth = isOff(bandwidth) ? .remove : .set(try LimitParser.bandwidth(bandwidth, flag: bandwidthFlag))
+        }
+        if let ops {
+            update.ops = isOff(ops) ? .remove : .set(try LimitParser.ops(ops, flag: opsFlag))
+        }
+        return update
     }
 
+    /// "off" (any case, surrounding blanks ignored) removes a limit.
+    public static func isOff(_ text: String) -> Bool {
+        LimitParser.trimmed(text[...]).lowercased() == "off"
+    }
+
+    /// True when nothing changes.
+    public var isEmpty: Bool { bandwidth == .keep && ops == .keep }
+
+    /// `.keep` keeps what `current` has (PATCH); applied to `.unlimited` it means no limit (PUT).
     public func applied(to current: DirectionLimits) -> DirectionLimits {
-        DirectionLimits(bandwidth: bandwidth.applied(to: current.bandwidth),
-                        ops: ops.applied(to: current.ops))
+        DirectionLimits(bandwidth: bandwidth.applied(to: current.bandwidth), ops: ops.applied(to: current.ops))
     }
 }
 
-/// A partial update for both directions: `{"tx": {...patch...}}`; an absent direction is kept.
-public struct RateLimitsPatch: Sendable, Equatable, Decodable {
-    public var tx: LimitPatch
-    public var rx: LimitPatch
+/// Both directions' changes: the body of PUT and PATCH /vm/limits.
+public struct LimitUpdate: Sendable, Equatable {
+    /// nil: the direction was not mentioned.
+    public var tx: DirectionUpdate?
+    public var rx: DirectionUpdate?
 
-    public init(tx: LimitPatch = LimitPatch(), rx: LimitPatch = LimitPatch()) {
+    public init(tx: DirectionUpdate? = nil, rx: DirectionUpdate? = nil) {
         self.tx = tx
         self.rx = rx
     }
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case tx, rx }
+    /// True when nothing changes under PATCH.
+    public var isEmpty: Bool { (tx?.isEmpty ?? true) && (rx?.isEmpty ?? true) }
 
-    public init(from decoder: any Decoder) throws {
-        try rejectUnknownKeys(decoder, allowed: CodingKeys.allCases.map(\.stringValue))
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        tx = try c.decodeIfPresent(LimitPatch.self, forKey: .tx) ?? LimitPatch()
-        rx = try c.decodeIfPresent(LimitPatch.self, forKey: .rx) ?? LimitPatch()
-    }
-
-    public func applied(to current: RateLimits) -> RateLimits {
-        RateLimits(tx: tx.applied(to: current.tx), rx: rx.applied(to: current.rx))
+    /// The limits after this update: `replace` (PUT) replaces both directions, anything
+    /// not given becoming unlimited; otherwise (PATCH) only the given fields change.
+    public func applied(to current: RateLimits, replace: Bool) -> RateLimits {
+        let base = replace ? RateLimits.unlimited : current
+        return RateLimits(tx: tx?.applied(to: base.tx) ?? base.tx, rx: rx?.applied(to: base.rx) ?? base.rx)
     }
 }
 
-// MARK: - Decoding machinery shared by DirectionLimits and LimitPatch
+// MARK: - Decoding machinery
 
-struct AnyCodingKey: CodingKey {
+struct JSONKey: CodingKey {
     var stringValue: String
     var intValue: Int? { nil }
     init(_ string: String) { stringValue = string }
@@ -202,44 +222,125 @@ struct AnyCodingKey: CodingKey {
     init?(intValue: Int) { nil }
 }
 
-func rejectUnknownKeys(_ decoder: any Decoder, allowed: [String]) throws {
-    let c = try decoder.container(keyedBy: AnyCodingKey.self)
+/// "tx.bandwidth", "queues.[2].size": a coding path for error messages.
+public func dottedPath(_ path: [any CodingKey]) -> String {
+    path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+}
+
+func rejectUnknownKeys(_ decoder: any Decoder, allowed: [String], expected: String? = nil) throws {
+    let c = try decoder.container(keyedBy: JSONKey.self)
     for key in c.allKeys where !allowed.contains(key.stringValue) {
         throw DecodingError.dataCorrupted(DecodingError.Context(
             codingPath: c.codingPath + [key],
-            debugDescription: "unknown key \"\(key.stringValue)\"; expected one of: \(allowed.joined(separator: ", "))"))
+            debugDescription: "unknown key \"\(key.stringValue)\"; "
+                + (expected ?? "expected one of: \(allowed.joined(separator: ", "))")))
     }
 }
 
-/// Decodes either the canonical or the convenience form into tri-state changes.
-struct LimitFields {
-    var bandwidth: LimitPatch.Change = .keep
-    var ops: LimitPatch.Change = .keep
+func corrupted(_ path: [any CodingKey], _ description: String, _ underlying: (any Error)? = nil) -> DecodingError {
+    .dataCorrupted(DecodingError.Context(codingPath: path, debugDescription: description, underlyingError: underlying))
+}
 
-    static let keys = ["bandwidth", "ops",
-                       "bandwidth_rate", "bandwidth_burst", "bandwidth_one_time_burst",
-                       "ops_rate", "ops_burst", "ops_one_time_burst"]
-
-    init(from decoder: any Decoder) throws {
-        try rejectUnknownKeys(decoder, allowed: Self.keys)
-        let c = try decoder.container(keyedBy: AnyCodingKey.self)
-        bandwidth = try Self.decodeKind(c, name: "bandwidth", isBandwidth: true)
-        ops = try Self.decodeKind(c, name: "ops", isBandwidth: false)
+extension LimitUpdate: Codable {
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, allowed: ["tx", "rx"], expected: "expected \"tx\" and/or \"rx\"")
+        let c = try decoder.container(keyedBy: JSONKey.self)
+        tx = try Self.decodeDirection(c, "tx")
+        rx = try Self.decodeDirection(c, "rx")
     }
 
-    private static func decodeKind(_ c: KeyedDecodingContainer<AnyCodingKey>, name: String,
-                                   isBandwidth: Bool) throws -> LimitPatch.Change {
-        let canonical = AnyCodingKey(name)
-        let rateKey = AnyCodingKey(name + "_rate")
-        let burstKey = AnyCodingKey(name + "_burst")
-        let oneTimeKey = AnyCodingKey(name + "_one_time_burst")
+    private static func decodeDirection(_ c: KeyedDecodingContainer<JSONKey>,
+                                        _ name: String) throws -> DirectionUpdate? {
+        let key = JSONKey(name)
+        guard c.contains(key) else { return nil }
+        if try c.decodeNil(forKey: key) { return .removeAll }
+        let expected = "expected an object like {\"bandwidth\": \"100Mbit\", \"ops\": \"10000\"}, null or \"off\""
+        if let text = try? c.decode(String.self, forKey: key) {
+            if DirectionUpdate.isOff(text) { return .removeAll }
+            throw corrupted(c.codingPath + [key], expected + ", not the string \"\(text)\"")
+        }
+        do {
+            return try c.decode(DirectionUpdate.self, forKey: key)
+        } catch DecodingError.typeMismatch(_, let context) where context.codingPath.count == c.codingPath.count + 1 {
+            throw corrupted(c.codingPath + [key], expected)
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: JSONKey.self)
+        try c.encodeIfPresent(tx, forKey: JSONKey("tx"))
+        try c.encodeIfPresent(rx, forKey: JSONKey("rx"))
+    }
+}
+
+extension DirectionUpdate: Codable {
+    static let shortKeys: Set<String> = ["bandwidth", "ops"]
+    static let limitKeys = ["bandwidth", "ops",
+                            "bandwidth_rate", "bandwidth_burst", "bandwidth_one_time_burst",
+                            "ops_rate", "ops_burst", "ops_one_time_burst"]
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: JSONKey.self)
+        guard Set(c.allKeys.map(\.stringValue)).isSubset(of: Self.shortKeys) else {
+            // DirectionLimits' forms ("bandwidth_rate", ...), which also report unknown keys
+            // and mixed forms.
+            try self.init(limitFieldsFrom: decoder)
+            return
+        }
+        self.init(bandwidth: try Self.decodeChange(c, "bandwidth"), ops: try Self.decodeChange(c, "ops"))
+    }
+
+    /// A short key's value: null, "off", a flag string, a plain number, or a canonical bucket.
+    private static func decodeChange(_ c: KeyedDecodingContainer<JSONKey>,
+                                     _ name: String) throws -> Change {
+        let key = JSONKey(name)
+        guard c.contains(key) else { return .keep }
+        if try c.decodeNil(forKey: key) { return .remove }
+        let path = c.codingPath + [key]
+        let isBandwidth = name == "bandwidth"
+        var text: String?
+        if let s = try? c.decode(String.self, forKey: key) {
+            if isOff(s) { return .remove }
+            text = s
+        } else if let n = try? c.decode(UInt64.self, forKey: key) {
+            text = String(n)
+        }
+        if let text {
+            do {
+                return .set(isBandwidth ? try LimitParser.bandwidth(text, flag: dottedPath(path))
+                                        : try LimitParser.ops(text, flag: dottedPath(path)))
+            } catch {
+                throw corrupted(path, error.description, error)
+            }
+        }
+        do {
+            return .set(try c.decode(BucketConfig.self, forKey: key))
+        } catch DecodingError.typeMismatch(_, let context) where context.codingPath.count == path.count {
+            let syntax = isBandwidth ? "\"100Mbit,burst=64KiB\"" : "\"10000,burst=64\""
+            throw corrupted(path, "expected a string like \(syntax), \"off\", null, or an object {\"size\": N, \"refill_time_ns\": N, \"one_time_burst\": N}")
+        }
+    }
+
+    /// DirectionLimits' canonical or convenience form, as changes: absent keeps, null removes.
+    init(limitFieldsFrom decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, allowed: Self.limitKeys)
+        let c = try decoder.container(keyedBy: JSONKey.self)
+        self.init(bandwidth: try Self.decodeKind(c, name: "bandwidth", isBandwidth: true),
+                  ops: try Self.decodeKind(c, name: "ops", isBandwidth: false))
+    }
+
+    private static func decodeKind(_ c: KeyedDecodingContainer<JSONKey>, name: String,
+                                   isBandwidth: Bool) throws -> Change {
+        let canonical = JSONKey(name)
+        let rateKey = JSONKey(name + "_rate")
+        let burstKey = JSONKey(name + "_burst")
+        let oneTimeKey = JSONKey(name + "_one_time_burst")
         let convenience = [rateKey, burstKey, oneTimeKey].filter { c.contains($0) }
 
         if c.contains(canonical) {
             if let other = convenience.first {
-                throw DecodingError.dataCorrupted(DecodingError.Context(
-                    codingPath: c.codingPath + [other],
-                    debugDescription: "\"\(other.stringValue)\" cannot be combined with \"\(name)\"; use one form or the other"))
+                throw corrupted(c.codingPath + [other],
+                                "\"\(other.stringValue)\" cannot be combined with \"\(name)\"; use one form or the other")
             }
             if try c.decodeNil(forKey: canonical) { return .remove }
             return .set(try c.decode(BucketConfig.self, forKey: canonical))
@@ -253,9 +354,7 @@ struct LimitFields {
             // {"bandwidth_rate": null} removes; a burst without a rate is meaningless.
             if c.contains(rateKey), burst == nil, oneTime == nil { return .remove }
             let offending = burst != nil ? burstKey : oneTimeKey
-            throw DecodingError.dataCorrupted(DecodingError.Context(
-                codingPath: c.codingPath + [offending],
-                debugDescription: "\"\(offending.stringValue)\" needs \"\(rateKey.stringValue)\""))
+            throw corrupted(c.codingPath + [offending], "\"\(offending.stringValue)\" needs \"\(rateKey.stringValue)\"")
         }
         do {
             if isBandwidth {
@@ -270,16 +369,25 @@ struct LimitFields {
                                                 oneTimeBurstField: oneTimeKey.stringValue))
             }
         } catch {
-            throw DecodingError.dataCorrupted(DecodingError.Context(
-                codingPath: c.codingPath + [AnyCodingKey(error.flag)],
-                debugDescription: error.description, underlyingError: error))
+            throw corrupted(c.codingPath + [JSONKey(error.flag)], error.description, error)
         }
     }
 
     /// A string, or a JSON integer rendered as its decimal string; nil for absent/null.
-    private static func scalar(_ c: KeyedDecodingContainer<AnyCodingKey>, _ key: AnyCodingKey) throws -> String? {
+    private static func scalar(_ c: KeyedDecodingContainer<JSONKey>, _ key: JSONKey) throws -> String? {
         guard c.contains(key), try !c.decodeNil(forKey: key) else { return nil }
         if let n = try? c.decode(UInt64.self, forKey: key) { return String(n) }
         return try c.decode(String.self, forKey: key)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: JSONKey.self)
+        for (name, change) in [("bandwidth", bandwidth), ("ops", ops)] {
+            switch change {
+            case .keep: break
+            case .remove: try c.encodeNil(forKey: JSONKey(name))
+            case .set(let config): try c.encode(config, forKey: JSONKey(name))
+            }
+        }
     }
 }

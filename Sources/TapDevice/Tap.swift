@@ -170,18 +170,10 @@ public func interfaceStatistic(_ interface: String, _ counter: String) -> UInt64
     }
     for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
         let parts = line.split(separator: ":", maxSplits: 1)
-        guard parts.count == 2, parts[0].trimmingCharacters(in: " ") == interface else { continue }
+        // Names are right-aligned: "  eth0: 1234 ...".
+        guard parts.count == 2, parts[0].drop(while: { $0 == " " }) == interface else { continue }
         let values = parts[1].split(separator: " ")
         return column < values.count ? UInt64(values[column]) : nil
     }
     return nil
-}
-
-extension Substring {
-    func trimmingCharacters(in character: Character) -> Substring {
-        var s = self
-        while s.first == character { s = s.dropFirst() }
-        while s.last == character { s = s.dropLast() }
-        return s
-    }
 }

@@ -110,7 +110,7 @@ func duration(_ seconds: Double) -> String {
     if d > 0 { return "\(d)d \(h)h \(m)m" }
     if h > 0 { return "\(h)h \(m)m \(s)s" }
     if m > 0 { return "\(m)m \(s)s" }
-    return LimitFormatting.number(seconds, fractionDigits: 1) + "s"
+    return LimitFormatter.number(seconds, fractionDigits: 1) + "s"
 }
 
 /// Left-aligned first column, right-aligned others.
@@ -234,7 +234,7 @@ struct Stats: AsyncParsableCommand {
         for q in queues {
             var row = ["\(q.direction.rawValue) \(q.index)", String(q.frames), LimitFormatter.bytes(q.bytes),
                        String(q.totalDrops), String(q.kicks), String(q.interrupts), String(q.interruptsHeld), String(q.throttledEvents),
-                       LimitFormatting.number(Double(q.throttledNanoseconds) / 1e9, fractionDigits: 3) + "s"]
+                       LimitFormatter.number(Double(q.throttledNanoseconds) / 1e9, fractionDigits: 3) + "s"]
             if withRates {
                 let old = previous?.queues.first { $0.index == q.index && $0.direction == q.direction }
                 func rate(_ now: UInt64, _ before: UInt64?) -> Double? {
@@ -246,9 +246,9 @@ struct Stats: AsyncParsableCommand {
                 let bytes = rate(q.bytes, old?.bytes)
                 let drops = rate(q.totalDrops, old?.totalDrops)
                 row.insert(contentsOf: [
-                    frames.map { LimitFormatting.number($0, fractionDigits: 1) } ?? "-",
-                    bytes.map { LimitFormatting.number($0 * 8 / 1e6, fractionDigits: 2) } ?? "-",
-                    drops.map { LimitFormatting.number($0, fractionDigits: 1) } ?? "-",
+                    frames.map { LimitFormatter.number($0, fractionDigits: 1) } ?? "-",
+                    bytes.map { LimitFormatter.number($0 * 8 / 1e6, fractionDigits: 2) } ?? "-",
+                    drops.map { LimitFormatter.number($0, fractionDigits: 1) } ?? "-",
                 ], at: 3)
             }
             rows.append(row)
@@ -259,7 +259,7 @@ struct Stats: AsyncParsableCommand {
             lines.append("drops \(q.direction.rawValue) \(q.index): " + reasons.joined(separator: ", "))
         }
         var footer = "connections \(m.connectionsTotal), disconnects \(m.disconnects), up \(duration(m.uptimeSeconds))"
-        if withRates { footer += ", rates over " + LimitFormatting.number(elapsed, fractionDigits: 2) + "s" }
+        if withRates { footer += ", rates over " + LimitFormatter.number(elapsed, fractionDigits: 2) + "s" }
         lines.append(footer)
         return lines.joined(separator: "\n")
     }

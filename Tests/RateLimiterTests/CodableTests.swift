@@ -104,21 +104,21 @@ struct CodableTests {
 
     @Test func patchKeepsRemovesAndReplaces() throws {
         let current = Self.sample
-        #expect(try decode(LimitPatch.self, "{}").applied(to: current) == current)
-        #expect(try decode(LimitPatch.self, #"{"ops":null}"#).applied(to: current)
+        #expect(try decode(DirectionUpdate.self, "{}").applied(to: current) == current)
+        #expect(try decode(DirectionUpdate.self, #"{"ops":null}"#).applied(to: current)
                 == DirectionLimits(bandwidth: current.bandwidth))
-        #expect(try decode(LimitPatch.self, #"{"bandwidth_rate":null}"#).applied(to: current)
+        #expect(try decode(DirectionUpdate.self, #"{"bandwidth_rate":null}"#).applied(to: current)
                 == DirectionLimits(ops: current.ops))
-        let faster = try decode(LimitPatch.self, #"{"bandwidth_rate":"1Gbit"}"#)
+        let faster = try decode(DirectionUpdate.self, #"{"bandwidth_rate":"1Gbit"}"#)
         #expect(faster.bandwidth == .set(try LimitParser.bandwidth("1Gbit", flag: "f")))
         #expect(faster.ops == .keep)
         #expect(faster.applied(to: current).ops == current.ops)
-        let canonical = try decode(LimitPatch.self, #"{"ops":{"size":4,"refill_time_ns":1000}}"#)
+        let canonical = try decode(DirectionUpdate.self, #"{"ops":{"size":4,"refill_time_ns":1000}}"#)
         #expect(canonical.applied(to: .unlimited) == DirectionLimits(ops: BucketConfig(size: 4, refillTimeNanoseconds: 1000)))
 
-        let both = try decode(RateLimitsPatch.self, #"{"rx":{"ops":null}}"#)
+        let both = try decode(LimitUpdate.self, #"{"rx":{"ops":null}}"#)
         let state = RateLimits(tx: current, rx: current)
-        #expect(both.applied(to: state) == RateLimits(tx: current, rx: DirectionLimits(bandwidth: current.bandwidth)))
-        #expect(try decode(RateLimitsPatch.self, "{}").applied(to: state) == state)
+        #expect(both.applied(to: state, replace: false) == RateLimits(tx: current, rx: DirectionLimits(bandwidth: current.bandwidth)))
+        #expect(try decode(LimitUpdate.self, "{}").applied(to: state, replace: false) == state)
     }
 }

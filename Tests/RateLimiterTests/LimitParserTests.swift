@@ -260,26 +260,6 @@ struct LimitParserTests {
         #expect(e4?.flag == "ops_one_time_burst" && e4?.reason == .fractional("0.5"))
         let e5 = failure { () throws(LimitParseError) in try LimitParser.bandwidth(rate: "1Mbit", burst: "0") }
         #expect(e5?.flag == "bandwidth_burst" && e5?.reason == .zero("burst"))
-        #expect(try LimitParser.size("64KiB", flag: "x") == 65_536)
-    }
-
-    @Test func applyFillsTheRightDirection() throws {
-        var limits = RateLimits.unlimited
-        #expect(try LimitParser.apply(flag: "--tx-bandwidth", value: "100Mbit", to: &limits))
-        #expect(try LimitParser.apply(flag: "--rx-bandwidth", value: "2Gbit", to: &limits))
-        #expect(try LimitParser.apply(flag: "--tx-ops", value: "1000", to: &limits))
-        #expect(try LimitParser.apply(flag: "--rx-ops", value: "2k", to: &limits))
-        #expect(try !LimitParser.apply(flag: "--verbose", value: "1", to: &limits))
-        #expect(limits.tx.bandwidth == (try LimitParser.bandwidth("100Mbit", flag: "f")))
-        #expect(limits.rx.bandwidth == (try LimitParser.bandwidth("2Gbit", flag: "f")))
-        #expect(limits.tx.ops == (try LimitParser.ops("1000", flag: "f")))
-        #expect(limits.rx.ops == (try LimitParser.ops("2k", flag: "f")))
-        do {
-            _ = try LimitParser.apply(flag: "--rx-ops", value: "lots", to: &limits)
-            Issue.record("parsed")
-        } catch {
-            #expect(error.flag == "--rx-ops")
-        }
     }
 }
 
