@@ -3,10 +3,17 @@ import Glibc
 import SystemCalls
 @testable import TapwireDaemon
 
+/// ASan's and TSan's runtimes make system calls of their own (they run the suites under
+/// Tools/sanitizers.sh), which the daemon's list does not hold: a kill there says nothing
+/// about tapwire. The plain run of the suites checks the filter.
+private let underSanitizer = dlsym(nil, "__asan_init") != nil || dlsym(nil, "__tsan_init") != nil
+private let sanitizerNote: Comment = "not under a sanitizer: its runtime's own system calls are outside tapwire's list"
+
 /// The seccomp allow-list tapwire serves under, installed in a child process (an exit test)
 /// exactly as the daemon installs it.
 @Suite struct SandboxTests {
-    @Test func executingAProgramKillsTheProcess() async {
+    @Test(.enabled(if: !underSanitizer, sanitizerNote))
+    func executingAProgramKillsTheProcess() async {
         await #expect(processExitsWith: .signal(SIGSYS)) {
             try Sandbox.installFilter(mode: .kill)
             runTrue()
@@ -14,7 +21,8 @@ import SystemCalls
         }
     }
 
-    @Test func forkingKillsTheProcess() async {
+    @Test(.enabled(if: !underSanitizer, sanitizerNote))
+    func forkingKillsTheProcess() async {
         await #expect(processExitsWith: .signal(SIGSYS)) {
             try Sandbox.installFilter(mode: .kill)
             let child = fork()
@@ -23,7 +31,8 @@ import SystemCalls
         }
     }
 
-    @Test func whatServingNeedsStillWorks() async {
+    @Test(.enabled(if: !underSanitizer, sanitizerNote))
+    func whatServingNeedsStillWorks() async {
         await #expect(processExitsWith: .success) {
             try Sandbox.installFilter(mode: .kill)
             // A thread (clone with CLONE_THREAD, after clone3 was refused), an eventfd in an
