@@ -6,7 +6,8 @@
 #      libFuzzer left in Fixtures/fuzz) is replayed into it over its socket, a connection each
 #      (Tools/lib/replay-messages.py): it survives them all under --seccomp kill, answers its
 #      API afterwards, and the kernel logged no seccomp kill for it;
-#   3. the client mode reconnects under the filter (socket + connect after start-up);
+#   3. the client mode reconnects under the filter (socket + connect after start-up), and
+#      logs its advice on a socket it may not open (EACCES) and keeps retrying;
 #   4. SIGTERM ends it with status 0 and its socket removed;
 #   5. --seccomp log and --seccomp off start as they say (Seccomp 2 and 0).
 # The real guests of `make test` (the frontend matrix, reconnect, rate limits) run under the
@@ -121,6 +122,30 @@ expect "the client mode reconnects under the filter (frontend: $(tr '\n' ' ' <"$
     tw_log_has "$TMP/frontend.txt" reconnected
 expect "the client-mode tapwire is alive after reconnecting" tw_alive "$CLIENT"
 tw_stop "$CLIENT" 5
+
+# A frontend's socket it may not open (as libvirt's mode='server' makes them for another user):
+# the EACCES advice is logged and it keeps retrying, under the filter.
+python3 - "$TMP/denied.sock" >"$TMP/denied.txt" 2>&1 <<'PY' &
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0)
+s.listen(1)
+time.sleep(8)
+PY
+DENIED=$!
+tw_at_exit "tw_stop $DENIED 2"
+tw_wait_until 10 "$DENIED" "the unreachable socket" tw_is_socket "$TMP/denied.sock" || true
+tw_spawn "$TMP/denied.log" ip netns exec "$NS" "$TAPWIRE" --client --socket-path "$TMP/denied.sock" --sink \
+    --name seccomp-denied
+DENIED_TW=$TW_SPAWNED_PID
+tw_at_exit "tw_stop $DENIED_TW 5"
+tw_wait_until 10 "$DENIED_TW" "the EACCES advice" tw_log_has "$TMP/denied.log" "Permission denied" || true
+sleep 1
+expect "a socket it may not open: the EACCES advice is logged and it keeps retrying ($(grep -c 'Permission denied' "$TMP/denied.log") line(s))" \
+    tw_log_has "$TMP/denied.log" "Permission denied"
+expect "the client-mode tapwire is alive after EACCES" tw_alive "$DENIED_TW"
+tw_stop "$DENIED_TW" 5
 
 # ---------------------------------------------------------------- 4. a clean end
 
