@@ -171,7 +171,7 @@ if ((COMPARE)); then
         f=$CMP_DIR/$be.json rc=${rcs[k]} k=$((k + 1))
         if [[ -s $f ]]; then
             jq -r '"| \(.backend) | \(.mode) | \(.migrations) | \(.completed) | \(.downtime_median_ms) / \(.downtime_max_ms) | \(.gap_median_ms) / \(.gap_max_ms) | \(.tap_gap_median_ms) / \(.tap_gap_max_ms) | \(.share_median_ms) / \(.share_max_ms) (resume \(.resume_median_ms) / \(.resume_max_ms)) | \(.hash_ok) | \(.passed) passed, \(.failed) failed |"' "$f"
-            jq -r '"ROW backend=\(.backend) check=\"\(.migrations) migrations, hash, iperf3, ping\" result=\"\(if .failed == 0 then "PASS" else "FAIL" end) (\(.completed) completed, QEMU downtime median \(.downtime_median_ms) ms, ping gap median \(.gap_median_ms) ms, TAP gap median \(.tap_gap_median_ms) ms)\""' "$f" >>"$CMP_DIR/rows"
+            jq -r '"ROW backend=\(.backend) check=\"\(.backend): \(.migrations) migrations, hash, iperf3, ping\" result=\"\(if .failed == 0 then "PASS" else "FAIL" end) (\(.completed) completed, QEMU downtime median \(.downtime_median_ms) ms, ping gap median \(.gap_median_ms) ms, TAP gap median \(.tap_gap_median_ms) ms)\""' "$f" >>"$CMP_DIR/rows"
             passed=$((passed + $(jq -r .passed "$f"))) failed=$((failed + $(jq -r .failed "$f")))
         else
             echo "| $be | - | - | - | - | - | - | - | - | run failed before its summary |"
