@@ -33,15 +33,14 @@ struct Daemon {
         try loop.handleTerminationSignals()
         try loop.prepare()
         let control = try ControlPlane.start(command: command, loop: loop, logger: logger)
-        let status = try ProcessStatus()
         if !command.keepCapabilities {
             let identity = try command.user.map { spec throws(PrivilegeError) in try Privileges.resolve(spec) }
             try Privileges.dropAll(switchingTo: identity)
-            logger.info("capabilities dropped (\(status.fields(["CapEff", "CapBnd"])))\(command.user.map { ", running as \($0)" } ?? "")")
+            logger.info("capabilities dropped (\(Privileges.processStatus(["CapEff", "CapBnd"])))\(command.user.map { ", running as \($0)" } ?? "")")
         }
         try Sandbox.limitResources(queuePairs: config.queuePairs)
         try Sandbox.installFilter(mode: command.seccomp)
-        logger.info("sandboxed: seccomp \(command.seccomp.rawValue) (\(status.fields(["NoNewPrivs", "Seccomp"])))")
+        logger.info("sandboxed: seccomp \(command.seccomp.rawValue) (\(Privileges.processStatus(["NoNewPrivs", "Seccomp"])))")
         try loop.run()
         control?.stop()
         logger.info("stopped")

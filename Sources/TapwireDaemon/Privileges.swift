@@ -1,6 +1,5 @@
 import Glibc
 import CCapNG
-import SystemCalls
 
 public enum PrivilegeError: Error, CustomStringConvertible {
     case unknownUser(String)
@@ -58,27 +57,18 @@ public enum Privileges {
     }
 }
 
-/// /proc/self/status, for the start-up log ("CapEff 0000000000000000, Seccomp 2"). Opened
-/// before the seccomp filter, which forbids opening files, and read again after it.
-public struct ProcessStatus {
-    private let descriptor: Descriptor
-    private static let bufferSize = 8192
-
-    public init() throws(SystemError) {
-        let raw = open("/proc/self/status", O_RDONLY | O_CLOEXEC)
-        guard raw >= 0 else { throw SystemError("open /proc/self/status", errno: errno) }
-        descriptor = Descriptor(taking: raw)
-    }
-
-    public func fields(_ keys: [String]) -> String {
-        var buffer = [UInt8](repeating: 0, count: Self.bufferSize)
-        let count = buffer.withUnsafeMutableBytes { pread(descriptor.raw, $0.baseAddress, $0.count, 0) }
-        guard count > 0 else { return "?" }
-        let text = String(decoding: buffer.prefix(count), as: UTF8.self)
+extension Privileges {
+    /// Lines of /proc/self/status ("CapEff 0000000000000000, Seccomp 2"), for the start-up log.
+    /// A read-only open, which the seccomp filter allows.
+    public static func processStatus(_ keys: [String]) -> String {
+        guard let file = fopen("/proc/self/status", "r") else { return "?" }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 256)
         var found = [String]()
-        for line in text.split(separator: "\n") {
-            for key in keys where line.hasPrefix(key + ":") {
-                found.append(key + " " + line.dropFirst(key.count + 1).filter { !$0.isWhitespace })
+        while fgets(&line, Int32(line.count), file) != nil {
+            let text = String(cString: line)
+            for key in keys where text.hasPrefix(key + ":") {
+                found.append(key + " " + text.dropFirst(key.count + 1).filter { !$0.isWhitespace })
             }
         }
         return found.joined(separator: ", ")

@@ -24,14 +24,17 @@ public struct SandboxError: Error, CustomStringConvertible {
 /// every thread, with no_new_privs, and resource limits. A guest or frontend that took over
 /// the process could still only do what serving a VM needs.
 public enum Sandbox {
-    /// One rule: a system call, allowed outright or only with given arguments.
+    /// One rule: a system call, allowed (or answered with `action`) outright or only with
+    /// given arguments.
     struct Rule {
         let name: String
         let conditions: [scmp_arg_cmp]
+        let action: UInt32
 
-        init(_ name: String, _ conditions: [scmp_arg_cmp] = []) {
+        init(_ name: String, _ conditions: [scmp_arg_cmp] = [], action: UInt32 = SCMP_ACT_ALLOW) {
             self.name = name
             self.conditions = conditions
+            self.action = action
         }
     }
 
@@ -80,6 +83,9 @@ public enum Sandbox {
         rules.append(Rule("socket", [equal(0, UInt64(AF_UNIX))]))
         rules.append(Rule("socket", [equal(0, UInt64(AF_INET))]))
         for request in allowedIoctls { rules.append(Rule("ioctl", [equal(1, request)])) }
+        // clone3 passes its flags in memory, where a filter cannot look: refused with ENOSYS,
+        // glibc then falls back to clone, whose flags the rule above checks.
+        rules.append(Rule("clone3", action: tw_scmp_act_errno(UInt16(ENOSYS))))
         return rules
     }
 
@@ -95,10 +101,6 @@ public enum Sandbox {
     /// sockets and stdio.
     static let allowedIoctls: [UInt64] = Tap.servingIoctls.map(UInt64.init) + [UInt64(FIONBIO), UInt64(FIONREAD), UInt64(TCGETS)]
 
-    /// clone3 passes its flags in memory, where a filter cannot look: refused with ENOSYS, glibc
-    /// then falls back to clone, whose flags the rule above checks.
-    static let refusedWithENOSYS = ["clone3"]
-
     /// Installs the allow-list on every thread of the process (TSYNC), with no_new_privs.
     public static func installFilter(mode: SeccompMode) throws(SandboxError) {
         guard mode != .off else { return }
@@ -110,17 +112,12 @@ public enum Sandbox {
         try check(seccomp_attr_set(filter, SCMP_FLTATR_CTL_TSYNC, 1), "thread synchronisation")
         for rule in rules {
             let number = seccomp_syscall_resolve_name(rule.name)
-            // A call this kernel or architecture does not have (say epoll_pwait2 on an old kernel).
+            // A call this architecture does not have (clone3 before libseccomp knew it, say).
             guard number != __NR_SCMP_ERROR else { continue }
             let rc = rule.conditions.withUnsafeBufferPointer {
-                seccomp_rule_add_array(filter, SCMP_ACT_ALLOW, number, UInt32($0.count), $0.baseAddress)
+                seccomp_rule_add_array(filter, rule.action, number, UInt32($0.count), $0.baseAddress)
             }
             try check(rc, "the rule for \(rule.name)")
-        }
-        for name in refusedWithENOSYS {
-            let number = seccomp_syscall_resolve_name(name)
-            guard number != __NR_SCMP_ERROR else { continue }
-            try check(seccomp_rule_add_array(filter, tw_scmp_act_errno(UInt16(ENOSYS)), number, 0, nil), "the rule for \(name)")
         }
         try check(seccomp_load(filter), "loading the filter")
     }
