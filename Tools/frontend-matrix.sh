@@ -117,5 +117,10 @@ echo
 echo "Frontend matrix ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) cores; QEMU 10 installed: $q10):"
 table
 [[ -z $MARKDOWN ]] || table >"$MARKDOWN"
+# CI shows only the end of the output: name the failed rows last.
+for row in "${rows[@]}"; do
+    IFS='|' read -r f v c r <<<"$row"
+    [[ $r == PASS* ]] || echo "matrix FAILED: $f $v: $c: $r"
+done
 echo "matrix: $passed passed, $failed failed"
 ((failed == 0))
