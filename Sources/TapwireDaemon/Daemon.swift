@@ -19,6 +19,7 @@ struct Daemon {
             do { try opened.setUp() } catch { logger.warning("\(error) (bring it up yourself)") }
             try enableBatchedIO(opened)
             logger.info("TAP \(opened.name) ready with \(opened.queues.count) queue(s), frames in \(opened.ioRings.isEmpty ? "one readv/writev each" : "io_uring batches")")
+            if let bridge = command.bridge { try attach(opened, to: bridge) }
             tap = opened
         } else {
             logger.info("sink mode: guest transmit is dropped, nothing is received")
@@ -46,6 +47,37 @@ struct Daemon {
         logger.info("stopped")
     }
 
+    /// `--bridge BR [--vlan ID]`: the TAP becomes a port of BR now, while tapwire still holds
+    /// CAP_NET_ADMIN (netlink is neither possible nor allowed by the sandbox later).
+    private func attach(_ tap: Tap, to bridge: String) throws {
+        let mac = command.mac.flatMap(MACAddress.parse)
+        let port: BridgePort
+        do {
+            port = try BridgePort.attach(tap: tap.name, bridge: bridge, vlan: command.vlan, mac: mac)
+        } catch {
+            switch error {
+            case .noSuchInterface(let name) where name == bridge: throw BridgeFailure(description: "--bridge \(bridge): no such interface")
+            case .vlanFilteringUnsupported: throw BridgeFailure(description: "--vlan \(command.vlan ?? 0): \(error)")
+            default: throw BridgeFailure(description: "--bridge \(bridge): \(error)")
+            }
+        }
+        if port.enabledVLANFiltering { logger.notice("turned VLAN filtering on for bridge \(bridge) (its other ports stay on their VLANs, by default 1)") }
+        var details = [String]()
+        if let vlan = port.vlan { details.append("access VLAN \(vlan)") }
+        if let mac = port.mac { details.append("static FDB \(MACAddress.format(mac))") }
+        if port.mac != nil { details.append("learning and unicast flood off") }
+        let summary = details.isEmpty ? "" : " (\(details.joined(separator: ", ")))"
+        if port.tapIsPersistent {
+            logger.info("TAP \(tap.name) is a port of \(bridge)\(summary)")
+            logger.notice("\(port.exitBehaviour)")
+        } else {
+            logger.info("TAP \(tap.name) is a port of \(bridge)\(summary); \(port.exitBehaviour)")
+        }
+        if mac == nil {
+            logger.notice("no --mac: learning and unicast flood left as they are on port \(tap.name), so unknown unicast for other MACs on \(bridge) still reaches this guest")
+        }
+    }
+
     /// `--tap-io`: io_uring when asked (failing if it cannot be had) or when available (auto).
     private func enableBatchedIO(_ tap: Tap) throws {
         switch command.tapIo {
@@ -64,5 +96,9 @@ struct Daemon {
 }
 
 struct TapIOFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+struct BridgeFailure: Error, CustomStringConvertible {
     let description: String
 }
