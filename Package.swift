@@ -36,16 +36,18 @@ let package = Package(
         // vhost-user wire format, validation, connection and request dispatch.
         .target(name: "VhostUser", dependencies: ["CTapwire", "SystemCalls", "GuestMemory",
                                                   .product(name: "Logging", package: "swift-log")]),
+        // Port security: which frames a VM may send and receive at its vNIC (no syscalls).
+        .target(name: "PortSecurity"),
         // Token buckets with an injected clock (no syscalls).
         .target(name: "RateLimiter"),
         // The host TAP device.
         .target(name: "TapDevice", dependencies: ["CTapwire", "SystemCalls"]),
         // The virtio-net device: features, offloads, TX and RX paths.
         .target(name: "VirtioNet", dependencies: ["CTapwire", "SystemCalls", "GuestMemory", "Virtqueue",
-                                                  "VhostUser", "TapDevice", "RateLimiter",
+                                                  "VhostUser", "TapDevice", "RateLimiter", "PortSecurity",
                                                   .product(name: "Logging", package: "swift-log")]),
         // HTTP/1.1 control API on a unix socket, Prometheus text, shared JSON models.
-        .target(name: "ControlAPI", dependencies: ["RateLimiter",
+        .target(name: "ControlAPI", dependencies: ["RateLimiter", "PortSecurity",
                                                    .product(name: "NIOCore", package: "swift-nio"),
                                                    .product(name: "NIOPosix", package: "swift-nio"),
                                                    .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -69,6 +71,7 @@ let package = Package(
         .testTarget(name: "VirtqueueTests", dependencies: ["Virtqueue", "GuestMemory", "VhostUserFrontend"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "SystemCalls"]),
         .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter"]),
+        .testTarget(name: "PortSecurityTests", dependencies: ["PortSecurity"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "RateLimiter",
                                                             .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "VirtioNetTests", dependencies: ["VirtioNet", "Virtqueue", "GuestMemory"]),

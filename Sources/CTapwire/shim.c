@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include <linux/if_ether.h>
 #include <linux/sockios.h>
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
@@ -33,6 +34,19 @@ int tw_tun_set_iff(int fd, char *name, int flags) {
 int tw_tun_set_offload(int fd, unsigned int flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
 int tw_tun_set_vnet_hdr_size(int fd, int size) { return ioctl(fd, TUNSETVNETHDRSZ, &size); }
 
+int tw_tun_set_tx_filter(int fd, const unsigned char *mac) {
+    // struct tun_filter with room for one address after it.
+    unsigned char buffer[sizeof(struct tun_filter) + ETH_ALEN];
+    struct tun_filter *filter = (struct tun_filter *)buffer;
+    memset(buffer, 0, sizeof buffer);
+    if (mac) {
+        filter->flags = TUN_FLT_ALLMULTI;
+        filter->count = 1;
+        memcpy(filter->addr[0], mac, ETH_ALEN);
+    }
+    return ioctl(fd, TUNSETTXFILTER, buffer);
+}
+
 int tw_tun_set_queue(int fd, int flags) {
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
@@ -41,7 +55,7 @@ int tw_tun_set_queue(int fd, int flags) {
 }
 
 unsigned tw_tap_serving_ioctls(unsigned long *requests, unsigned capacity) {
-    const unsigned long all[] = {TUNSETQUEUE, TUNSETOFFLOAD, TUNSETVNETHDRSZ, SIOCGIFMTU};
+    const unsigned long all[] = {TUNSETQUEUE, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETTXFILTER, SIOCGIFMTU};
     unsigned count = sizeof all / sizeof all[0];
     for (unsigned i = 0; i < count && i < capacity; i++) requests[i] = all[i];
     return count;

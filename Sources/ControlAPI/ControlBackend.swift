@@ -16,6 +16,9 @@ public protocol ControlBackend: Sendable {
     /// (only the given fields change). Throw `ControlAPIError` to choose the HTTP status
     /// and message; any other error becomes a 500.
     func updateLimits(_ update: LimitUpdate, replace: Bool) async throws -> VMStatus
+    /// Applies `update` to the VM's port security (PUT: `replace`, PATCH: only what is given)
+    /// and returns the policy now in force. Throws like `updateLimits`.
+    func updatePortSecurity(_ update: PortSecurityUpdate, replace: Bool) async throws -> PortSecurityStatus
 }
 
 /// An error with an HTTP status, reported to the client as `{"error": message}`.

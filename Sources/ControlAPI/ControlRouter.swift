@@ -37,6 +37,7 @@ struct ControlRouter: Sendable {
     static let routes: [String: [HTTPMethod]] = [
         "/vm": [.GET],
         "/vm/limits": [.GET, .PUT, .PATCH],
+        "/vm/port-security": [.GET, .PUT, .PATCH],
         "/metrics": [.GET],
         "/metrics.json": [.GET],
         "/healthz": [.GET],
@@ -59,7 +60,7 @@ struct ControlRouter: Sendable {
     func handle(method: HTTPMethod, uri: String, body: [UInt8]) async -> ControlResponse {
         let path = Self.path(of: uri)
         guard let allowed = Self.routes[path] else {
-            return .error(.notFound, "no such endpoint: \(path); try GET /vm, GET /metrics, GET /metrics.json, PATCH /vm/limits, PUT /vm/limits, GET /healthz")
+            return .error(.notFound, "no such endpoint: \(path); try GET /vm, GET /metrics, GET /metrics.json, PATCH /vm/limits, PUT /vm/limits, GET|PATCH|PUT /vm/port-security, GET /healthz")
         }
         let effective = method == .HEAD ? HTTPMethod.GET : method
         guard allowed.contains(effective) else {
@@ -75,6 +76,10 @@ struct ControlRouter: Sendable {
             return .json(await backend.status().limits)
         case ("/vm/limits", _):
             return await updateLimits(body: body, replace: effective == .PUT)
+        case ("/vm/port-security", .GET):
+            return .json(await backend.status().portSecurity)
+        case ("/vm/port-security", _):
+            return await updatePortSecurity(body: body, replace: effective == .PUT)
         case ("/metrics", _):
             async let status = backend.status()
             async let metrics = backend.metrics()
@@ -86,6 +91,22 @@ struct ControlRouter: Sendable {
             return .json(HealthBody(state: await backend.status().state))
         default:
             return .error(.notFound, "no such endpoint: \(path)")
+        }
+    }
+
+    private func updatePortSecurity(body: [UInt8], replace: Bool) async -> ControlResponse {
+        let update: PortSecurityUpdate
+        do {
+            update = try ControlJSON.decode(PortSecurityUpdate.self, from: body)
+        } catch {
+            return .error(HTTPResponseStatus(statusCode: error.status), error.message)
+        }
+        do {
+            return .json(try await backend.updatePortSecurity(update, replace: replace))
+        } catch let error as ControlAPIError {
+            return .error(HTTPResponseStatus(statusCode: error.status), error.message)
+        } catch {
+            return .error(.internalServerError, "cannot update port security: \(error)")
         }
     }
 

@@ -104,12 +104,13 @@ public struct VMStatus: Codable, Sendable, Equatable {
     public var queuePairsEnabled: Int
     public var queues: [QueueStatus]
     public var limits: LimitsStatus
+    public var portSecurity: PortSecurityStatus
 
     public init(name: String, state: VMState, uptimeSeconds: Double, tap: String, mac: String, mtu: Int,
                 socketPath: String, negotiatedFeatures: [String] = [], negotiatedFeaturesRaw: UInt64 = 0,
                 protocolFeaturesRaw: UInt64 = 0, offloadsOffered: [String] = [], offloadsAcked: [String] = [],
                 queuePairsConfigured: Int = 1, queuePairsEnabled: Int = 0, queues: [QueueStatus] = [],
-                limits: LimitsStatus = .unlimited) {
+                limits: LimitsStatus = .unlimited, portSecurity: PortSecurityStatus = .off) {
         self.name = name
         self.state = state
         self.uptimeSeconds = uptimeSeconds
@@ -126,6 +127,7 @@ public struct VMStatus: Codable, Sendable, Equatable {
         self.queuePairsEnabled = queuePairsEnabled
         self.queues = queues
         self.limits = limits
+        self.portSecurity = portSecurity
     }
 
     enum CodingKeys: String, CodingKey {
@@ -139,6 +141,7 @@ public struct VMStatus: Codable, Sendable, Equatable {
         case offloadsAcked = "offloads_acked"
         case queuePairsConfigured = "queue_pairs_configured"
         case queuePairsEnabled = "queue_pairs_enabled"
+        case portSecurity = "port_security"
     }
 }
 

@@ -214,12 +214,13 @@ public struct LimitUpdate: Sendable, Equatable {
 
 // MARK: - Decoding machinery
 
-struct JSONKey: CodingKey {
-    var stringValue: String
-    var intValue: Int? { nil }
-    init(_ string: String) { stringValue = string }
-    init?(stringValue: String) { self.stringValue = stringValue }
-    init?(intValue: Int) { nil }
+/// Any JSON object key, for decoders that look at every key (to refuse unknown ones).
+public struct JSONKey: CodingKey {
+    public var stringValue: String
+    public var intValue: Int? { nil }
+    public init(_ string: String) { stringValue = string }
+    public init?(stringValue: String) { self.stringValue = stringValue }
+    public init?(intValue: Int) { nil }
 }
 
 /// "tx.bandwidth", "queues.[2].size": a coding path for error messages.

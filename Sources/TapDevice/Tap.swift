@@ -138,6 +138,20 @@ public final class Tap: @unchecked Sendable {
         if tw_if_set_mtu(name, Int32(mtu)) < 0 { throw SystemError("set MTU \(mtu) on \(name)", errno: Glibc.errno) }
     }
 
+    /// Has the kernel drop, before any reaches tapwire (or the guest's memory), every unicast
+    /// frame not for `mac`; multicast and broadcast still pass. nil removes the filter. The
+    /// filter belongs to the interface, so one queue's descriptor sets it for all.
+    public func setUnicastFilter(_ mac: [UInt8]?) throws(SystemError) {
+        let rc: Int32
+        if let mac {
+            precondition(mac.count == 6)
+            rc = mac.withUnsafeBufferPointer { tw_tun_set_tx_filter(queues[0].raw, $0.baseAddress) }
+        } else {
+            rc = tw_tun_set_tx_filter(queues[0].raw, nil)
+        }
+        if rc < 0 { throw SystemError("TUNSETTXFILTER on \(name)", errno: Glibc.errno) }
+    }
+
     /// Enables or disables one queue of a multiqueue TAP (TUNSETQUEUE). QEMU repeats enables
     /// (every channel change re-enables pair 0); the kernel refuses a queue that is already in
     /// the asked state, so only changes reach it.

@@ -6,6 +6,7 @@ import ControlAPI
 import TapDevice
 import VirtioNet
 import RateLimiter
+import PortSecurity
 
 /// `tapwire`: one vhost-user net backend per VM. Follows the "Backend program conventions" of
 /// QEMU's vhost-user spec: --socket-path, --fd, --print-capabilities, no daemonizing.
@@ -54,6 +55,21 @@ public struct TapwireCommand: ParsableCommand {
 
     @Option(name: .long, help: "MAC address offered in the device config (VIRTIO_NET_F_MAC), e.g. 52:54:00:12:34:56.")
     var mac: String?
+
+    @Flag(name: .long, help: "Port security: the guest may send only from --mac and --allowed-ips (plus DHCP and its MAC's IPv6 link-local address), no DHCP server replies or router advertisements, and receives no unicast for another MAC. Off unless given (--allowed-ips implies it).")
+    var portSecurity = false
+
+    @Option(name: .long, help: "With port security, the IPv4/IPv6 source addresses the guest may use, e.g. 10.0.0.5/32,2001:db8::5/128 (implies --port-security).")
+    var allowedIps: String?
+
+    @Flag(name: .long, help: "With port security, let the guest send DHCP/DHCPv6 server replies and IPv6 router advertisements (a VM that is a router).")
+    var allowRouter = false
+
+    @Option(name: .long, help: "Make the TAP a port of this Linux bridge (before capabilities are dropped).")
+    var bridge: String?
+
+    @Option(name: .long, help: "With --bridge, an access port on this VLAN (1-4094): the guest's frames carry tag ID on the bridge and arrive untagged; the bridge gets VLAN filtering.")
+    var vlan: Int?
 
     @Option(name: .long, help: "MTU offered to the guest (VIRTIO_NET_F_MTU); also set on the TAP.")
     var mtu: Int?
@@ -123,11 +139,34 @@ public struct TapwireCommand: ParsableCommand {
         }
         if let mtu, !(68...65535).contains(mtu) { throw ValidationError("--mtu must be between 68 and 65535, not \(mtu)") }
         if let mac, MACAddress.parse(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
+        if let vlan {
+            guard bridge != nil else { throw ValidationError("--vlan needs --bridge (the bridge whose VLAN the TAP joins)") }
+            guard (1...4094).contains(vlan) else { throw ValidationError("--vlan must be between 1 and 4094, not \(vlan)") }
+        }
+        _ = try portPolicy()
+        if bridge != nil && (tap == nil || sink) { throw ValidationError("--bridge needs --tap (the TAP it makes a port)") }
         if case .failure(let error) = Offload.parse(offloads) { throw ValidationError("\(error)") }
         if Logger.Level(rawValue: logLevel.lowercased()) == nil {
             throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
         }
         _ = try limits()
+    }
+
+    /// `--port-security`, `--allowed-ips`, `--allow-router` (nil: port security off).
+    func portPolicy() throws -> PortPolicy? {
+        guard portSecurity || allowedIps != nil else {
+            if allowRouter { throw ValidationError("--allow-router needs --port-security or --allowed-ips") }
+            return nil
+        }
+        guard let mac, let address = MACAddress.parse(mac) else {
+            throw ValidationError("port security needs --mac (the only source MAC the guest may use)")
+        }
+        guard address[0] & 1 == 0 else { throw ValidationError("--mac \(mac) is a multicast address; a VM's MAC is unicast") }
+        do {
+            return PortPolicy(mac: address, allowedIPs: try IPNetwork.parseList(allowedIps ?? ""), allowRouter: allowRouter)
+        } catch {
+            throw ValidationError("--allowed-ips \(error)")
+        }
     }
 
     func limits() throws -> (tx: DirectionLimits, rx: DirectionLimits) {
@@ -177,7 +216,7 @@ public struct TapwireCommand: ParsableCommand {
     static let capabilitiesJSON = """
     {
       "type": "net",
-      "features": ["offloads", "mergeable-rx-buffers", "multiqueue", "rate-limiting", "reconnect", "client-mode", "control-api"]
+      "features": ["offloads", "mergeable-rx-buffers", "multiqueue", "rate-limiting", "reconnect", "client-mode", "control-api", "live-migration", "port-security"]
     }
     """
 
@@ -199,7 +238,8 @@ public struct TapwireCommand: ParsableCommand {
             return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(MACAddress.parse), mtu: mtu,
                                    txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll, busyPollMicroseconds: busyPoll,
                                    interruptModeration: InterruptModeration(receiveHoldoffMicroseconds: rxCoalesceUsecs,
-                                                                            transmitHoldoffMicroseconds: txCoalesceUsecs))
+                                                                            transmitHoldoffMicroseconds: txCoalesceUsecs),
+                                   portPolicy: try portPolicy())
         }
     }
 }

@@ -4,6 +4,7 @@ import ControlAPI
 import RateLimiter
 import SystemCalls
 import VirtioNet
+import PortSecurity
 
 /// Answers control requests by hopping onto the device's loop thread through its mailbox:
 /// the API threads never touch device state, and the packet path takes no lock.
@@ -45,6 +46,18 @@ struct LoopControlBackend: ControlBackend {
             return loop.status(name: name, socketPath: socketPath)
         }
     }
+
+    func updatePortSecurity(_ update: PortSecurityUpdate, replace: Bool) async throws -> PortSecurityStatus {
+        let result: Result<PortSecurityStatus, ControlAPIError> = await onLoop { loop in
+            Result { () throws(ControlAPIError) in
+                let next = try update.applied(to: loop.device.portSecurityStatus, replace: replace)
+                loop.device.updatePortPolicy(try PortPolicy(next))
+                loop.logger.info("port security changed: \(loop.device.portSecurityStatus.summary)")
+                return loop.device.portSecurityStatus
+            }
+        }
+        return try result.get()
+    }
 }
 
 extension BackendLoop {
@@ -66,7 +79,8 @@ extension BackendLoop {
             negotiatedFeatures: NetFeature.describe(acked), negotiatedFeaturesRaw: acked,
             protocolFeaturesRaw: device.ackedProtocolFeatures, offloadsOffered: device.availableOffloads.names,
             offloadsAcked: ackedOffloads, queuePairsConfigured: device.config.queuePairs, queuePairsEnabled: enabledPairs,
-            queues: queues, limits: LimitsStatus(RateLimits(tx: limits.tx, rx: limits.rx)))
+            queues: queues, limits: LimitsStatus(RateLimits(tx: limits.tx, rx: limits.rx)),
+            portSecurity: device.portSecurityStatus)
     }
 
     func metricsSnapshot() -> MetricsSnapshot {
@@ -99,5 +113,40 @@ struct ControlPlane {
 
     func stop() {
         server.shutdown()
+    }
+}
+
+extension NetDevice {
+    /// The port security in force, as the API shows it.
+    var portSecurityStatus: PortSecurityStatus {
+        let mac = config.mac.map(MACAddress.format)
+        guard let policy = portFilter?.policy else { return PortSecurityStatus(mac: mac) }
+        return PortSecurityStatus(enabled: true, mac: mac, allowedIPs: policy.allowedIPs.map(\.description),
+                                  allowRouter: policy.allowRouter)
+    }
+}
+
+extension PortPolicy {
+    /// The policy an API status describes (nil: off). Its fields were checked by the update.
+    init?(_ status: PortSecurityStatus) throws(ControlAPIError) {
+        guard status.enabled else { return nil }
+        guard let mac = status.mac.flatMap(MACAddress.parse) else {
+            throw .conflict("port security needs the VM's MAC: start tapwire with --mac")
+        }
+        do {
+            self.init(mac: mac, allowedIPs: try status.allowedIPs.map { text throws(IPNetwork.ParseError) in try IPNetwork(parsing: text) },
+                      allowRouter: status.allowRouter)
+        } catch {
+            throw .badRequest("allowed_ips: \(error)")
+        }
+    }
+}
+
+extension PortSecurityStatus {
+    /// One line for the log: "on: 52:54:00:12:34:56 from 10.0.0.5/32, no router" or "off".
+    var summary: String {
+        guard enabled else { return "off" }
+        let sources = allowedIPs.isEmpty ? "DHCP and link-local only" : allowedIPs.joined(separator: ",")
+        return "on: \(mac ?? "?") from \(sources)\(allowRouter ? ", router messages allowed" : ", no router messages")"
     }
 }

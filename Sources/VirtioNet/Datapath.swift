@@ -4,6 +4,7 @@ import SystemCalls
 import Virtqueue
 import GuestMemory
 import RateLimiter
+import PortSecurity
 
 /// What a service call leaves behind, so the loop knows when to come back.
 public enum ServiceOutcome: Equatable, Sendable {
@@ -34,6 +35,9 @@ let receiveBatchLimit = 64
 let publishEveryBytes = 64 * 1024
 let publishEveryFrames = 32
 
+/// A transmit slot's room for the checked copy of a frame's start (port security).
+let headerCopyStride = NetHeader.largestSize + PortFilter.inspectedBytes
+
 extension NetDevice {
     /// Drains the guest's transmit ring into the TAP, iovecs straight into guest memory: with
     /// io_uring, up to `transmitBatchLimit` frames per syscall; without it, one writev per
@@ -48,6 +52,7 @@ extension NetDevice {
         let inFlight = queue.pending
         let headerSize = self.headerSize
         let features = ackedFeatures
+        let portFilter = self.portFilter
         var outcome = ServiceOutcome.idle
         var frames = 0
         var completed = 0
@@ -115,6 +120,27 @@ extension NetDevice {
                     noteBadHeader(queue, problem)
                     ring.addUsed(head: chain.head, length: 0)
                     continue
+                }
+                if let portFilter {
+                    switch checkTransmit(queue, portFilter, chain.firstVector, frameBytes: frameBytes, slot: tapRing != nil ? batched : 0) {
+                    case .pass:
+                        break
+                    case .refused(let violation):
+                        notePortViolation(queue, violation)
+                        ring.addUsed(head: chain.head, length: 0)
+                        continue
+                    case .noRoom where batched > 0:
+                        // The copy's iovec did not fit beside the batch: send it, take the chain again.
+                        ring.undoPop()
+                        frames -= 1
+                        sendTransmitBatch(queue, ring, count: batched, tapFD: tapFD, completed: &completed, unpublishedBytes: &unpublishedBytes)
+                        batched = 0
+                        continue
+                    case .noRoom:
+                        noteBadChain(queue, .tooManySegments(limit: vectors.capacity - 1))
+                        ring.addUsed(head: chain.head, length: 0)
+                        continue
+                    }
                 }
                 let vectorCount = vectors.count - chain.firstVector
                 if let tapRing {
@@ -240,7 +266,8 @@ extension NetDevice {
         let pending = queue.pending
         let mergeable = mergeableRxBuffers
         let needed = UInt64(mergeable ? rxFrameCapacityNeeded : headerSize + 1)
-        let writesNumBuffers = headerSize == 12
+        let writesNumBuffers = headerSize == NetHeader.largestSize
+        let portFilter = self.portFilter
         var pendingCount = 0
         var pendingStart = 0
         var capacity: UInt64 = 0
@@ -292,6 +319,12 @@ extension NetDevice {
                     break
                 }
                 frames += 1
+                if let portFilter, n > headerSize,
+                   refusesReceive(portFilter, vectors, from: first.firstVector, frameBytes: n - headerSize) {
+                    // Not published: the same chains take the next frame.
+                    notePortViolation(queue, .notForThisVM)
+                    continue
+                }
                 // Fill chains in order; the first chain's header learns how many were used.
                 var remaining = UInt64(n)
                 var used = 0
@@ -405,10 +438,10 @@ extension NetDevice {
                     if !smallerChain { outcome = .needBuffers }
                     break
                 }
-                let filled = readBatch(queue, ring, tapRing, count: count, frames: &frames, unpublishedBytes: &unpublishedBytes)
+                let (filled, read) = readBatch(queue, ring, tapRing, count: count, frames: &frames, unpublishedBytes: &unpublishedBytes)
                 // Grow the batch while the TAP fills it; shrink it to what came when it did not.
-                queue.receiveBatch = filled == count ? min(count * 2, receiveBatchLimit) : max(filled, 1)
-                if filled < count {
+                queue.receiveBatch = read == count ? min(count * 2, receiveBatchLimit) : max(read, 1)
+                if read < count {
                     smallerChain = false // the TAP is empty: nothing for the per-frame path either
                     break
                 }
@@ -429,18 +462,21 @@ extension NetDevice {
     }
 
     /// Submits the `count` reads prepared in `tapRing` and returns the frames to the guest;
-    /// chains left unfilled (the TAP ran dry) go back to the ring. Returns how many were filled.
+    /// chains left unfilled (the TAP ran dry, or port security refused the frame) go back to
+    /// the ring. Returns how many chains were filled and how many reads brought a frame.
     private func readBatch(_ queue: QueueState, _ ring: SplitQueue, _ tapRing: IOUring, count: Int, frames: inout Int,
-                           unpublishedBytes: inout Int) -> Int {
+                           unpublishedBytes: inout Int) -> (filled: Int, read: Int) {
         let slots = queue.pending
         let vectors = queue.vectors
+        let portFilter = self.portFilter
+        var refused = 0
         queue.stats.tapBatches &+= 1
         if tapRing.submitAndWait(count) < 0 {
             // Nothing reached the kernel: give every chain back, read one by one from now on.
             tapRing.discardPrepared()
             ring.undoPop(UInt16(count))
             dropTapRing(pair: queue.pair)
-            return 0
+            return (0, 0)
         }
         var pending = count
         while pending > 0 {
@@ -469,6 +505,13 @@ extension NetDevice {
             }
             // The TAP reports a frame's whole length even when the buffer held less of it.
             var length = min(result, Int(slots[slot].capacity))
+            if let portFilter, length > headerSize,
+               refusesReceive(portFilter, vectors, from: slots[slot].firstVector, frameBytes: length - headerSize) {
+                // Like a read that found nothing: the next frame moves into this chain.
+                notePortViolation(queue, .notForThisVM)
+                refused += 1
+                continue
+            }
             if filled != slot {
                 // A frame arrived while the batch ran, after a read had found the TAP empty:
                 // move it into the earlier chain so the unfilled chains are the last ones taken.
@@ -479,7 +522,7 @@ extension NetDevice {
             filled += 1
             frames += 1
             ring.addUsed(head: chain.head, length: UInt32(length))
-            if headerSize == 12 {
+            if headerSize == NetHeader.largestSize {
                 var one: UInt16 = 1
                 withUnsafeBytes(of: &one) { vectors.write($0, at: 10, startingAt: chain.firstVector) }
             }
@@ -495,7 +538,7 @@ extension NetDevice {
             queue.publishIfDue(&unpublishedBytes, adding: length, frames: frames)
         }
         if filled < count { ring.undoPop(UInt16(count - filled)) }
-        return filled
+        return (filled, filled + refused)
     }
 
     /// When the pair's first held interrupt is due (monotonic ns; 0: none held).
@@ -549,6 +592,52 @@ extension NetDevice {
         }
     }
 
+    // MARK: - Port security
+
+    /// Copies the chain's virtio-net header and the frame's first bytes into the slot's copy,
+    /// checks the copy, and makes the chain's iovecs send the copy in their place: what was
+    /// checked is what the TAP gets, whatever the guest writes meanwhile.
+    @inline(__always)
+    private func checkTransmit(_ queue: QueueState, _ filter: PortFilter, _ firstVector: Int, frameBytes: Int, slot: Int) -> TransmitCheck {
+        let vectors = queue.vectors
+        let copy = queue.headerCopies + slot * headerCopyStride
+        let wanted = headerSize + min(frameBytes, PortFilter.inspectedBytes)
+        // SAFETY: slot < transmitBatchLimit and wanted <= headerCopyStride, so the copy stays
+        // inside the slot; the chain holds headerSize + frameBytes >= wanted bytes.
+        let copied = vectors.read(into: UnsafeMutableRawBufferPointer(start: copy, count: wanted), startingAt: firstVector)
+        if let violation = filter.checkTransmit(UnsafeRawBufferPointer(start: copy + headerSize, count: copied - headerSize),
+                                                frameLength: frameBytes) {
+            return .refused(violation)
+        }
+        return vectors.replacePrefix(from: firstVector, with: copy, length: copied) ? .pass : .noRoom
+    }
+
+    enum TransmitCheck {
+        case pass
+        case refused(PortViolation)
+        /// The chain filled the iovec buffer, leaving no entry for the copy.
+        case noRoom
+    }
+
+    /// Whether port security keeps a received frame (in the chain from `first`) from the guest.
+    @inline(__always)
+    private func refusesReceive(_ filter: PortFilter, _ vectors: IOVectorBuffer, from first: Int, frameBytes: Int) -> Bool {
+        let wanted = headerSize + min(frameBytes, EthernetHeader.addressLength)
+        return withUnsafeTemporaryAllocation(byteCount: NetHeader.largestSize + EthernetHeader.addressLength, alignment: 8) { buffer in
+            // SAFETY: wanted <= the buffer's size; the frame sits after the virtio-net header.
+            let copied = vectors.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<wanted]), startingAt: first)
+            return filter.checkReceive(UnsafeRawBufferPointer(rebasing: buffer[headerSize..<max(headerSize, copied)])) != nil
+        }
+    }
+
+    func notePortViolation(_ queue: QueueState, _ violation: PortViolation) {
+        queue.stats.drop(.portSecurity(violation))
+        let count = queue.stats.drops(.portSecurity(violation))
+        if count & (count - 1) == 0 {
+            logger.warning("queue \(queue.index): port security dropped a frame \(queue.isReceive ? "for" : "from") the guest: \(violation.label) (\(count) so far)")
+        }
+    }
+
     // MARK: - Accounting and rate-limited logging
 
     @inline(__always)
@@ -570,7 +659,7 @@ extension NetDevice {
 
     func noteBadChain(_ queue: QueueState, _ fault: ChainFault) {
         queue.stats.drop(.badChain)
-        let count = queue.stats.dropBadChain
+        let count = queue.stats.drops(.badChain)
         // Log the first and then every power of two, so a flood cannot flood the log.
         if count & (count - 1) == 0 {
             logger.warning("queue \(queue.index): refused a descriptor chain: \(fault) (\(count) so far)")
@@ -578,14 +667,14 @@ extension NetDevice {
     }
 
     func noteBadHeader(_ queue: QueueState, _ problem: NetHeader.Problem) {
-        let count = queue.stats.dropBadHeader
+        let count = queue.stats.drops(.badHeader)
         if count & (count - 1) == 0 {
             logger.warning("queue \(queue.index): dropped a frame with an inconsistent virtio-net header: \(problem.rawValue) (\(count) so far)")
         }
     }
 
     func noteTapError(_ queue: QueueState, _ code: Int32) {
-        let count = queue.stats.dropTapError
+        let count = queue.stats.drops(.tapError)
         if count & (count - 1) == 0 {
             logger.warning("queue \(queue.index): TAP \(queue.isReceive ? "read" : "write") failed: \(String(cString: strerror(code))) (\(count) so far)")
         }

@@ -7,6 +7,7 @@ import Virtqueue
 import VhostUser
 import TapDevice
 import RateLimiter
+import PortSecurity
 
 /// What the operator chose for this VM's device.
 public struct NetDeviceConfig: Sendable {
@@ -28,13 +29,16 @@ public struct NetDeviceConfig: Sendable {
     public var busyPollMicroseconds: Int
     /// How interrupts are spaced out while data streams (`InterruptModeration.off`: never).
     public var interruptModeration: InterruptModeration
+    /// What the guest may send and receive (nil: port security off, every frame passes).
+    public var portPolicy: PortPolicy?
 
     public static let defaultInterruptModeration = InterruptModeration(receiveHoldoffMicroseconds: 300, transmitHoldoffMicroseconds: 300)
 
     public init(queuePairs: Int = 1, offloads: Offload? = nil, mac: [UInt8]? = nil, mtu: Int? = nil,
                 txLimits: DirectionLimits = DirectionLimits(), rxLimits: DirectionLimits = DirectionLimits(),
                 batchBudget: Int = 256, transmitPollMicroseconds: Int = 300, busyPollMicroseconds: Int = 0,
-                interruptModeration: InterruptModeration = NetDeviceConfig.defaultInterruptModeration) {
+                interruptModeration: InterruptModeration = NetDeviceConfig.defaultInterruptModeration,
+                portPolicy: PortPolicy? = nil) {
         self.queuePairs = queuePairs
         self.offloads = offloads
         self.mac = mac
@@ -45,6 +49,7 @@ public struct NetDeviceConfig: Sendable {
         self.transmitPollMicroseconds = transmitPollMicroseconds
         self.busyPollMicroseconds = busyPollMicroseconds
         self.interruptModeration = interruptModeration
+        self.portPolicy = portPolicy
     }
 }
 
@@ -76,6 +81,9 @@ public final class NetDevice {
     public private(set) var dirtyLog: DirtyLog?
     public var loggingDirtyPages: Bool { ackedFeatures & NetFeature.logAll != 0 && dirtyLog != nil }
     public let queues: [QueueState]
+    /// Port security, read by the packet path once per service call; changed only while the
+    /// queue threads are parked (`updatePortPolicy`).
+    public private(set) var portFilter: PortFilter?
     private var mappedRegions: [(description: RegionDescription, region: MemoryRegion)] = []
     private var configSpace: [UInt8]
     var rxFrameCapacityNeeded = 65550 + 12
@@ -118,8 +126,10 @@ public final class NetDevice {
                 queues[2 * pair + 1].tapRing = tap.ioRings[pair]
             }
         }
+        portFilter = config.portPolicy.map(PortFilter.init)
         configSpace = [UInt8](repeating: 0, count: 24)
         buildConfigSpace()
+        filterUnicastAtTheTap()
     }
 
     public var offeredFeatures: UInt64 {
@@ -537,6 +547,24 @@ public final class NetDevice {
     }
 
     // MARK: - Limits
+
+    /// Turns port security on with `policy`, or off with nil. Call with the queue threads parked.
+    public func updatePortPolicy(_ policy: PortPolicy?) {
+        portFilter = policy.map(PortFilter.init)
+        filterUnicastAtTheTap()
+    }
+
+    /// With port security the kernel drops unicast for other MACs before tapwire reads it, so
+    /// a neighbour's frame never lands in this guest's buffers; the receive check stays for
+    /// what the kernel lets through.
+    private func filterUnicastAtTheTap() {
+        guard let tap else { return }
+        do {
+            try tap.setUnicastFilter(portFilter?.policy.mac)
+        } catch {
+            logger.warning("\(error): unicast for other MACs is dropped by tapwire instead, after it is read")
+        }
+    }
 
     public func updateLimits(tx: DirectionLimits?, rx: DirectionLimits?, now: UInt64) {
         for queue in queues {

@@ -11,9 +11,12 @@ public enum NetHeader {
     public static let gsoUDPL4: UInt8 = 5
     public static let gsoECN: UInt8 = 0x80
 
-    /// 12 bytes with VERSION_1 or MRG_RXBUF, else the legacy 10.
+    /// With VERSION_1 or MRG_RXBUF (num_buffers follows the legacy header).
+    public static let largestSize = 12
+    public static let legacySize = 10
+
     public static func size(forFeatures features: UInt64) -> Int {
-        features & (NetFeature.version1 | NetFeature.mergeableRxBuffers) != 0 ? 12 : 10
+        features & (NetFeature.version1 | NetFeature.mergeableRxBuffers) != 0 ? largestSize : legacySize
     }
 
     public enum Problem: String, Sendable, CaseIterable {

@@ -4,10 +4,30 @@ import Virtqueue
 import RateLimiter
 import VhostUser
 import Synchronization
+import PortSecurity
 
 /// Why a frame was dropped, for counters and metrics. A fixed set so counting never allocates.
-public enum DropReason: Int, CaseIterable, Sendable {
+public enum DropReason: Hashable, CaseIterable, Sendable {
     case badChain, badHeader, tapError, queueDisabled, truncated, noGuest
+    /// Refused by the VM's port security.
+    case portSecurity(PortViolation)
+
+    public static let allCases: [DropReason] = [.badChain, .badHeader, .tapError, .queueDisabled, .truncated, .noGuest]
+        + PortViolation.allCases.map { .portSecurity($0) }
+
+    /// Its counter's slot in `QueueStats`.
+    @inline(__always)
+    var index: Int {
+        switch self {
+        case .badChain: return 0
+        case .badHeader: return 1
+        case .tapError: return 2
+        case .queueDisabled: return 3
+        case .truncated: return 4
+        case .noGuest: return 5
+        case .portSecurity(let violation): return 6 + violation.rawValue
+        }
+    }
 
     public var label: String {
         switch self {
@@ -17,6 +37,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .queueDisabled: return "queue_disabled"
         case .truncated: return "truncated"
         case .noGuest: return "no_guest"
+        case .portSecurity(let violation): return violation.label
         }
     }
 }
@@ -29,8 +50,8 @@ public final class QueueStats: Sendable {
     private let _frames = Atomic<UInt64>(0), _bytes = Atomic<UInt64>(0), _kicks = Atomic<UInt64>(0)
     private let _interrupts = Atomic<UInt64>(0), _tapBatches = Atomic<UInt64>(0), _interruptsHeld = Atomic<UInt64>(0)
     private let _throttledEvents = Atomic<UInt64>(0), _throttledNanoseconds = Atomic<UInt64>(0)
-    private let _dropBadChain = Atomic<UInt64>(0), _dropBadHeader = Atomic<UInt64>(0), _dropTapError = Atomic<UInt64>(0)
-    private let _dropQueueDisabled = Atomic<UInt64>(0), _dropTruncated = Atomic<UInt64>(0), _dropNoGuest = Atomic<UInt64>(0)
+    /// One counter per `DropReason`, at its `index`.
+    private let dropCounts = InlineArray<16, Atomic<UInt64>> { _ in Atomic(0) }
 
     public var frames: UInt64 { get { _frames.load(ordering: .relaxed) } set { _frames.store(newValue, ordering: .relaxed) } }
     public var bytes: UInt64 { get { _bytes.load(ordering: .relaxed) } set { _bytes.store(newValue, ordering: .relaxed) } }
@@ -53,37 +74,17 @@ public final class QueueStats: Sendable {
     public var throttledNanoseconds: UInt64 {
         get { _throttledNanoseconds.load(ordering: .relaxed) } set { _throttledNanoseconds.store(newValue, ordering: .relaxed) }
     }
-    public var dropBadChain: UInt64 { _dropBadChain.load(ordering: .relaxed) }
-    public var dropBadHeader: UInt64 { _dropBadHeader.load(ordering: .relaxed) }
-    public var dropTapError: UInt64 { _dropTapError.load(ordering: .relaxed) }
-    public var dropQueueDisabled: UInt64 { _dropQueueDisabled.load(ordering: .relaxed) }
-    public var dropTruncated: UInt64 { _dropTruncated.load(ordering: .relaxed) }
-    public var dropNoGuest: UInt64 { _dropNoGuest.load(ordering: .relaxed) }
-
-    public init() {}
+    public init() {
+        precondition(DropReason.allCases.count <= dropCounts.count)
+    }
 
     @inline(__always)
     public func drop(_ reason: DropReason) {
-        switch reason {
-        case .badChain: _dropBadChain.store(dropBadChain &+ 1, ordering: .relaxed)
-        case .badHeader: _dropBadHeader.store(dropBadHeader &+ 1, ordering: .relaxed)
-        case .tapError: _dropTapError.store(dropTapError &+ 1, ordering: .relaxed)
-        case .queueDisabled: _dropQueueDisabled.store(dropQueueDisabled &+ 1, ordering: .relaxed)
-        case .truncated: _dropTruncated.store(dropTruncated &+ 1, ordering: .relaxed)
-        case .noGuest: _dropNoGuest.store(dropNoGuest &+ 1, ordering: .relaxed)
-        }
+        let index = reason.index
+        dropCounts[index].store(dropCounts[index].load(ordering: .relaxed) &+ 1, ordering: .relaxed)
     }
 
-    public func drops(_ reason: DropReason) -> UInt64 {
-        switch reason {
-        case .badChain: return dropBadChain
-        case .badHeader: return dropBadHeader
-        case .tapError: return dropTapError
-        case .queueDisabled: return dropQueueDisabled
-        case .truncated: return dropTruncated
-        case .noGuest: return dropNoGuest
-        }
-    }
+    public func drops(_ reason: DropReason) -> UInt64 { dropCounts[reason.index].load(ordering: .relaxed) }
 
     public var totalDrops: UInt64 { DropReason.allCases.reduce(0) { $0 &+ drops($1) } }
 }
@@ -113,6 +114,9 @@ public final class QueueState {
     /// Receive: chains taken for a mergeable receive but not yet filled. Transmit: the batch
     /// whose writes are in flight.
     let pending = UnsafeMutablePointer<PendingChain>.allocate(capacity: 1024)
+    /// Transmit with port security: per batch slot, the copy of a frame's virtio-net header
+    /// and first bytes that was checked and that the TAP write then sends in their place.
+    let headerCopies = UnsafeMutableRawPointer.allocate(byteCount: transmitBatchLimit * headerCopyStride, alignment: 8)
     var limiter: DirectionLimiter
     var throttledSince: UInt64 = 0
     /// The TAP queue's io_uring, when reads and writes go in batches (shared by the pair).
@@ -147,6 +151,7 @@ public final class QueueState {
 
     deinit {
         pending.deallocate()
+        headerCopies.deallocate()
     }
 
     public var isRunning: Bool { ring != nil && fault == nil }

@@ -77,6 +77,35 @@ public final class IOVectorBuffer {
         return copied
     }
 
+    /// Makes the first `length` bytes of the buffer described by the entries from `first` on
+    /// come from `copy` instead: one entry for the copy, then the rest of what it covered.
+    /// Returns false (changing nothing) when the one entry more this may take does not fit.
+    public func replacePrefix(from first: Int, with copy: UnsafeMutableRawPointer, length: Int) -> Bool {
+        var index = first
+        var covered = length
+        while index < count && covered >= vectors[index].iov_len {
+            covered -= vectors[index].iov_len
+            index += 1
+        }
+        // Entries first..<index now come from the copy, and `covered` bytes of entry `index`.
+        let shift = 1 - (index - first)
+        if shift > 0 && count >= capacity { return false }
+        if shift != 0 && index < count {
+            // SAFETY: source index..<count and destination index+shift..<count+shift both lie
+            // within the capacity (checked above when growing); copyMemory is a memmove.
+            UnsafeMutableRawPointer(vectors + index + shift).copyMemory(from: vectors + index,
+                                                                       byteCount: (count - index) * MemoryLayout<iovec>.stride)
+        }
+        count += shift
+        vectors[first] = iovec(iov_base: copy, iov_len: length)
+        if covered > 0 && index + shift < count {
+            // SAFETY: covered < that entry's iov_len (the loop stopped inside it).
+            vectors[index + shift].iov_base! += covered
+            vectors[index + shift].iov_len -= covered
+        }
+        return true
+    }
+
     /// Copies `byteCount` bytes from the buffer described by entries `source..<source+sourceCount`
     /// into the one described by `destination..<destination+destinationCount`; returns how many
     /// fit. The two may overlap (a guest can point two chains at the same memory).

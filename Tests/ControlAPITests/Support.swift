@@ -8,6 +8,7 @@ import Glibc
 /// A backend with canned state that records what the server asked of it.
 actor FakeBackend: ControlBackend {
     var limits = RateLimits.unlimited
+    var portSecurity = PortSecurityStatus(mac: "52:54:00:12:34:56")
     var receivedUpdates: [(update: LimitUpdate, replace: Bool)] = []
     var updateError: (any Error)?
     /// How long status() takes (for the timeout test).
@@ -42,7 +43,7 @@ actor FakeBackend: ControlBackend {
                         negotiatedFeaturesRaw: (1 << 32) | (1 << 5), protocolFeaturesRaw: 0x8003,
                         offloadsOffered: ["csum", "tso4"], offloadsAcked: ["csum"],
                         queuePairsConfigured: 1, queuePairsEnabled: 1, queues: Self.queues,
-                        limits: LimitsStatus(limits))
+                        limits: LimitsStatus(limits), portSecurity: portSecurity)
     }
 
     func metrics() async -> MetricsSnapshot { Self.snapshot }
@@ -52,6 +53,11 @@ actor FakeBackend: ControlBackend {
         if let updateError { throw updateError }
         limits = update.applied(to: limits, replace: replace)
         return await status()
+    }
+
+    func updatePortSecurity(_ update: PortSecurityUpdate, replace: Bool) async throws -> PortSecurityStatus {
+        portSecurity = try update.applied(to: portSecurity, replace: replace)
+        return portSecurity
     }
 }
 

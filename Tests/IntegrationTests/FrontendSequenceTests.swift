@@ -54,7 +54,7 @@ import VhostUserFrontend
         tx.driver.post([fe.transmitBuffer(seed: 1)])
         tx.notify()
         #expect(tx.waitForUsed(count: 1, timeoutMilliseconds: 3000).count == 1, "transmit works after QEMU 10's start-up")
-        #expect(backend.stats(queue: 1).dropQueueDisabled == 0)
+        #expect(backend.stats(queue: 1).drops(.queueDisabled) == 0)
 
         // The error eventfd from before the resets still tells QEMU of a broken queue.
         tx.driver.forceAvailIndex(tx.driver.availIndex &+ 1000)

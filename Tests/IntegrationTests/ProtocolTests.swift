@@ -154,8 +154,8 @@ import Virtqueue
         let used = tx.waitForUsed(count: 3, timeoutMilliseconds: 3000)
         #expect(used.map(\.head).sorted() == [0, 1, 2])
         let stats = backend.stats(queue: 1)
-        #expect(stats.dropBadChain == 2)
-        #expect(stats.dropBadHeader == 1)
+        #expect(stats.drops(.badChain) == 2)
+        #expect(stats.drops(.badHeader) == 1)
         #expect(stats.frames == 0)
         // Now an avail index that jumps past the ring size fails the queue, not the process.
         tx.driver.forceAvailIndex(tx.driver.availIndex &+ 1000)
@@ -203,6 +203,6 @@ import Virtqueue
         tx.notify()
         #expect(tx.waitForUsed(count: 1, timeoutMilliseconds: 2000).count == 1)
         let stats = backend.stats(queue: 1)
-        #expect(stats.dropQueueDisabled == 1 && stats.frames == 0)
+        #expect(stats.drops(.queueDisabled) == 1 && stats.frames == 0)
     }
 }

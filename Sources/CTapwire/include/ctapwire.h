@@ -44,6 +44,9 @@ int tw_tun_set_iff(int fd, char *name, int flags);
 int tw_tun_set_offload(int fd, unsigned int flags);
 int tw_tun_set_vnet_hdr_size(int fd, int size);
 int tw_tun_set_queue(int fd, int flags);
+/// TUNSETTXFILTER: the kernel then queues for this TAP's reader only unicast for `mac` (6
+/// bytes) and all multicast and broadcast; NULL lets everything through again.
+int tw_tun_set_tx_filter(int fd, const unsigned char *mac);
 /// SIOCGIFFLAGS/SIOCSIFFLAGS on an AF_INET datagram socket: brings `name` up.
 int tw_if_set_up(const char *name, int up);
 /// SIOCGIFMTU; -1 on error.
@@ -51,7 +54,7 @@ int tw_if_get_mtu(const char *name);
 int tw_if_set_mtu(const char *name, int mtu);
 unsigned int tw_if_nametoindex(const char *name);
 /// The ioctl requests a TAP that is set up still issues while serving (TUNSETQUEUE,
-/// TUNSETOFFLOAD, TUNSETVNETHDRSZ, SIOCGIFMTU), for a seccomp allow-list. Returns how many
+/// TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETTXFILTER, SIOCGIFMTU), for a seccomp allow-list. Returns how many
 /// there are; writes at most `capacity` of them.
 unsigned tw_tap_serving_ioctls(unsigned long *requests, unsigned capacity);
 
