@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the end-to-end test guest: Debian's 6.12 cloud kernel (boots in a few
 # seconds under TCG, unlike the generic kernel) plus a small initramfs with
-# busybox, iperf3, ethtool and Fixtures/guest/init.
+# busybox, iperf3, ethtool, tcpdump and Fixtures/guest/init.
 #
 # Usage: Tools/guest-image.sh [--force] [--refresh-kernel] [OUTDIR]
 #   OUTDIR defaults to ${TAPWIRE_GUEST_DIR:-/var/tmp/tapwire-guest}.
@@ -54,7 +54,7 @@ if ((!FORCE && !REFRESH_KERNEL)) && up_to_date; then
 fi
 
 tw_ensure_packages \
-    dpkg:busybox-static cpio:cpio iperf3:iperf3 ethtool:ethtool \
+    dpkg:busybox-static cpio:cpio iperf3:iperf3 ethtool:ethtool tcpdump:tcpdump \
     xz:xz-utils gzip:gzip ldd:libc-bin dpkg-deb:dpkg
 mkdir -p "$OUT"
 
@@ -145,6 +145,9 @@ copy_with_libs() {
 }
 copy_with_libs "$(command -v iperf3)" /usr/bin/iperf3
 copy_with_libs "$(command -v ethtool)" /usr/sbin/ethtool
+# What a guest sees on its wire (Tools/tenant-check.sh counts foreign frames with it); run it
+# with -Z root: the guest has no tcpdump user to drop to.
+copy_with_libs "$(command -v tcpdump)" /usr/bin/tcpdump
 
 for mod in "${MODULES[@]}"; do
     cp "$KERNEL_CACHE/$mod.ko" "$ROOTFS/lib/modules/$mod.ko"
@@ -179,4 +182,4 @@ cp "$KERNEL_CACHE/package" "$OUT/kernel-package"
 mv "$WORK/initramfs.cpio.gz" "$OUT/initramfs.cpio.gz"
 
 tw_log "built $OUT/vmlinuz ($(du -h "$OUT/vmlinuz" | cut -f1), $(cat "$OUT/kernel-package"))"
-tw_log "built $OUT/initramfs.cpio.gz ($(du -h "$OUT/initramfs.cpio.gz" | cut -f1), $(find "$ROOTFS" -mindepth 1 | wc -l) entries: busybox, iperf3, ethtool, ${MODULES[*]})"
+tw_log "built $OUT/initramfs.cpio.gz ($(du -h "$OUT/initramfs.cpio.gz" | cut -f1), $(find "$ROOTFS" -mindepth 1 | wc -l) entries: busybox, iperf3, ethtool, tcpdump, ${MODULES[*]})"
