@@ -61,7 +61,7 @@ let package = Package(
         .target(name: "VhostUserFrontend", dependencies: ["CTapwire", "SystemCalls", "GuestMemory", "Virtqueue",
                                                           "VhostUser"]),
         .executableTarget(name: "tapwire", dependencies: ["TapwireDaemon"]),
-        .executableTarget(name: "tapwirectl", dependencies: ["ControlAPI", "RateLimiter",
+        .executableTarget(name: "tapwirectl", dependencies: ["ControlAPI", "RateLimiter", "PortSecurity",
                                                              .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "tapwire-perf", dependencies: ["VhostUserFrontend", "SystemCalls", "TapDevice", "CTapwire",
                                                                   .product(name: "Histogram", package: "hdrhistogram-swift"),

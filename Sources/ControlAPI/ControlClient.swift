@@ -59,6 +59,18 @@ public struct ControlClient: Sendable {
         return try decode(VMStatus.self, try await call(replace ? "PUT" : "PATCH", "/vm/limits", body: body))
     }
 
+    /// PATCH (replace: false) or PUT (replace: true) /vm/port-security; GET with no update.
+    public func portSecurity(_ update: PortSecurityUpdate? = nil, replace: Bool = false) async throws(ControlClientError) -> PortSecurityStatus {
+        guard let update else { return try decode(PortSecurityStatus.self, try await call("GET", "/vm/port-security")) }
+        let body: [UInt8]
+        do {
+            body = try ControlJSON.encode(update)
+        } catch {
+            throw .unexpectedBody("cannot encode the update: \(error)")
+        }
+        return try decode(PortSecurityStatus.self, try await call(replace ? "PUT" : "PATCH", "/vm/port-security", body: body))
+    }
+
     /// Any request; a non-2xx answer throws `.http` with the server's error message.
     public func call(_ method: String, _ path: String, body: [UInt8]? = nil) async throws(ControlClientError) -> UnixHTTPResponse {
         let response: UnixHTTPResponse

@@ -141,12 +141,3 @@ extension PortPolicy {
         }
     }
 }
-
-extension PortSecurityStatus {
-    /// One line for the log: "on: 52:54:00:12:34:56 from 10.0.0.5/32, no router" or "off".
-    var summary: String {
-        guard enabled else { return "off" }
-        let sources = allowedIPs.isEmpty ? "DHCP and link-local only" : allowedIPs.joined(separator: ",")
-        return "on: \(mac ?? "?") from \(sources)\(allowRouter ? ", router messages allowed" : ", no router messages")"
-    }
-}

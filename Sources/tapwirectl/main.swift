@@ -17,6 +17,7 @@ import Darwin
 import ArgumentParser
 import ControlAPI
 import RateLimiter
+import PortSecurity
 
 struct Tapwirectl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,7 +28,7 @@ struct Tapwirectl: AsyncParsableCommand {
             the TAPWIRE_API_SOCKET environment variable.
             """,
         version: TapwireVersion.current,
-        subcommands: [Status.self, Stats.self, Limit.self],
+        subcommands: [Status.self, Stats.self, Limit.self, PortSecurityCommand.self],
         defaultSubcommand: Status.self)
 
     @OptionGroup var global: GlobalOptions
@@ -162,6 +163,7 @@ struct Status: AsyncParsableCommand {
         }
         field("limits", "tx: " + s.limits.txHuman)
         lines.append(String(repeating: " ", count: 14) + "rx: " + s.limits.rxHuman)
+        field("port security", s.portSecurity.summary)
         return lines.joined(separator: "\n")
     }
 
@@ -323,6 +325,58 @@ struct Limit: AsyncParsableCommand {
                            opsFlag: String) throws(LimitParseError) -> DirectionUpdate? {
         guard bandwidth != nil || ops != nil else { return nil }
         return try DirectionUpdate.parse(bandwidth: bandwidth, ops: ops, bandwidthFlag: bandwidthFlag, opsFlag: opsFlag)
+    }
+}
+
+// MARK: - port-security
+
+struct PortSecurityCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "port-security",
+        abstract: "Turn the VM's port security on or off, change what it may send from, or show it.",
+        discussion: """
+            With port security on, the guest sends only from tapwire's --mac and the allowed \
+            IPs (plus DHCP and its MAC's IPv6 link-local address), sends no DHCP server \
+            replies or router advertisements unless --allow-router is on, and receives no \
+            unicast for another MAC. Without options, prints what is in force.
+              tapwirectl port-security --allowed-ips 10.0.0.5/32,2001:db8::5   (turns it on)
+              tapwirectl port-security --off
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Flag(name: .customLong("on"), help: "Turn port security on.")
+    var on = false
+    @Flag(name: .customLong("off"), help: "Turn port security off: every frame passes.")
+    var off = false
+    @Option(name: .customLong("allowed-ips"), help: ArgumentHelp("The sources the guest may use (\"\" for none); turns it on.", valueName: "cidr[,cidr...]"))
+    var allowedIPs: String?
+    @Option(name: .customLong("allow-router"), help: ArgumentHelp("Let the guest send DHCP server replies and router advertisements.", valueName: "on|off"))
+    var allowRouter: Switch?
+
+    enum Switch: String, ExpressibleByArgument { case on, off }
+
+    func validate() throws {
+        if on && off { throw ValidationError("give --on or --off, not both") }
+        if let allowedIPs {
+            do { _ = try IPNetwork.parseList(allowedIPs) } catch { throw ValidationError("--allowed-ips \(error)") }
+        }
+    }
+
+    func run() async throws {
+        let client = try global.client()
+        var update: PortSecurityUpdate?
+        if on || off || allowedIPs != nil || allowRouter != nil {
+            update = PortSecurityUpdate(enabled: on ? true : off ? false : nil,
+                                        allowedIPs: try allowedIPs.map { try IPNetwork.parseList($0).map(\.description) },
+                                        allowRouter: allowRouter.map { $0 == .on })
+        }
+        let status = await api { () async throws(ControlClientError) in try await client.portSecurity(update) }
+        if global.json {
+            printJSON(status)
+        } else {
+            print(status.summary)
+        }
     }
 }
 
