@@ -26,6 +26,7 @@ struct Daemon {
         }
         let device = NetDevice(config: config, tap: tap, logger: logger, now: monotonicNanoseconds())
         logger.info("offering offloads: \(device.availableOffloads.names.joined(separator: ","))")
+        if config.portPolicy != nil { logger.info("port security \(device.portSecurityStatus.summary)") }
         let endpoint = command.frontendEndpoint
         if case .inheritedListener = endpoint, command.fd == nil, let path = command.socketPath {
             logger.notice("socket activation: serving the inherited socket, not --socket-path \(path)")
