@@ -187,7 +187,9 @@ public struct PortFilter: Sendable {
     }
 
     private func checkIPv6(_ h: HeaderBytes, at start: Int) -> PortViolation? {
-        guard let version = h.u8(start), version >> 4 == 6, var next = h.u8(start + IPField.ipv6NextHeaderOffset),
+        // The whole fixed header, destination included: a header cut short is not sent unchecked.
+        guard start + IPField.ipv6Header <= h.bytes.count,
+              let version = h.u8(start), version >> 4 == 6, var next = h.u8(start + IPField.ipv6NextHeaderOffset),
               let sourceHigh = h.u64(start + IPField.ipv6SourceOffset), let sourceLow = h.u64(start + IPField.ipv6SourceOffset + 8)
         else { return .spoofedIP }
         var offset = start + IPField.ipv6Header
@@ -207,11 +209,15 @@ public struct PortFilter: Sendable {
                 next = following
                 offset += IPField.fragmentHeader
                 firstFragment = fragment >> 3 == 0
-                // Later fragments carry no upper-layer header; only the first is inspected.
-                if !firstFragment { break walk }
             default:
                 break walk
             }
+            // Each extension header must lie wholly in what was inspected (RFC 7112 puts the
+            // whole chain in the first fragment): a routing header's addresses, say, are not
+            // to go out unread.
+            guard offset <= h.bytes.count else { return .spoofedIP }
+            // Later fragments carry no upper-layer header; only the first is inspected.
+            if !firstFragment { break walk }
         }
         let unspecified = sourceHigh == 0 && sourceLow == 0
         if firstFragment {
@@ -257,6 +263,8 @@ public struct PortFilter: Sendable {
     }
 
     private func checkLinkLayerOptions(_ h: HeaderBytes, from start: Int) -> PortViolation? {
+        // The message's fixed part (target included) must be there before any option.
+        guard start <= h.bytes.count else { return .spoofedIP }
         var offset = start
         while offset < h.bytes.count {
             guard let type = h.u8(offset), let units = h.u8(offset + 1), units > 0 else { return .spoofedIP }
@@ -265,7 +273,8 @@ public struct PortFilter: Sendable {
             }
             offset += Int(units) * ICMPv6.optionUnit
         }
-        // Options past what was inspected would go out unchecked.
-        return offset < h.frameLength ? .spoofedIP : nil
+        // Options past what was inspected would go out unchecked; one that runs past the
+        // frame's end is malformed (the kernel's ndisc_parse_options refuses it too).
+        return offset != h.frameLength ? .spoofedIP : nil
     }
 }
