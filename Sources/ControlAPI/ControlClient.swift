@@ -50,25 +50,25 @@ public struct ControlClient: Sendable {
 
     /// PATCH (replace: false) or PUT (replace: true) /vm/limits.
     public func updateLimits(_ update: LimitUpdate, replace: Bool = false) async throws(ControlClientError) -> VMStatus {
-        let body: [UInt8]
-        do {
-            body = try ControlJSON.encode(update)
-        } catch {
-            throw .unexpectedBody("cannot encode the update: \(error)")
-        }
-        return try decode(VMStatus.self, try await call(replace ? "PUT" : "PATCH", "/vm/limits", body: body))
+        try await send(replace ? "PUT" : "PATCH", "/vm/limits", update, as: VMStatus.self)
     }
 
     /// PATCH (replace: false) or PUT (replace: true) /vm/port-security; GET with no update.
     public func portSecurity(_ update: PortSecurityUpdate? = nil, replace: Bool = false) async throws(ControlClientError) -> PortSecurityStatus {
         guard let update else { return try decode(PortSecurityStatus.self, try await call("GET", "/vm/port-security")) }
-        let body: [UInt8]
+        return try await send(replace ? "PUT" : "PATCH", "/vm/port-security", update, as: PortSecurityStatus.self)
+    }
+
+    /// `body` as JSON, the answer decoded as `Reply`.
+    private func send<Body: Encodable, Reply: Decodable>(_ method: String, _ path: String, _ body: Body,
+                                                         as reply: Reply.Type) async throws(ControlClientError) -> Reply {
+        let bytes: [UInt8]
         do {
-            body = try ControlJSON.encode(update)
+            bytes = try ControlJSON.encode(body)
         } catch {
             throw .unexpectedBody("cannot encode the update: \(error)")
         }
-        return try decode(PortSecurityStatus.self, try await call(replace ? "PUT" : "PATCH", "/vm/port-security", body: body))
+        return try decode(reply, try await call(method, path, body: bytes))
     }
 
     /// Any request; a non-2xx answer throws `.http` with the server's error message.

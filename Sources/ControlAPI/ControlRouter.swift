@@ -75,11 +75,13 @@ struct ControlRouter: Sendable {
         case ("/vm/limits", .GET):
             return .json(await backend.status().limits)
         case ("/vm/limits", _):
-            return await updateLimits(body: body, replace: effective == .PUT)
+            return await update(LimitUpdate.self, body: body, example: #"{"tx": {"bandwidth": "100Mbit"}, "rx": {"ops": "10000"}}"#,
+                                what: "the limits") { try await backend.updateLimits($0, replace: effective == .PUT) }
         case ("/vm/port-security", .GET):
             return .json(await backend.status().portSecurity)
         case ("/vm/port-security", _):
-            return await updatePortSecurity(body: body, replace: effective == .PUT)
+            return await update(PortSecurityUpdate.self, body: body, example: #"{"allowed_ips": ["10.0.0.5/32"]}"#,
+                                what: "port security") { try await backend.updatePortSecurity($0, replace: effective == .PUT) }
         case ("/metrics", _):
             async let status = backend.status()
             async let metrics = backend.metrics()
@@ -94,40 +96,29 @@ struct ControlRouter: Sendable {
         }
     }
 
-    private func updatePortSecurity(body: [UInt8], replace: Bool) async -> ControlResponse {
-        let update: PortSecurityUpdate
-        do {
-            update = try ControlJSON.decode(PortSecurityUpdate.self, from: body)
-        } catch {
-            return .error(HTTPResponseStatus(statusCode: error.status), error.message)
-        }
-        do {
-            return .json(try await backend.updatePortSecurity(update, replace: replace))
-        } catch let error as ControlAPIError {
-            return .error(HTTPResponseStatus(statusCode: error.status), error.message)
-        } catch {
-            return .error(.internalServerError, "cannot update port security: \(error)")
-        }
-    }
-
-    private func updateLimits(body: [UInt8], replace: Bool) async -> ControlResponse {
+    /// A PUT or PATCH: the JSON body decoded, handed to `apply`, and its answer returned as
+    /// JSON; what is wrong with the body or the update becomes a 4xx naming it.
+    private func update<Update: Decodable, Reply: Encodable & Sendable>(
+        _ type: Update.Type, body: [UInt8], example: String, what: String,
+        apply: (Update) async throws -> Reply
+    ) async -> ControlResponse {
         guard body.contains(where: { !($0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D) }) else {
-            return .error(.badRequest, "empty body: expected JSON like {\"tx\": {\"bandwidth\": \"100Mbit\"}, \"rx\": {\"ops\": \"10000\"}}")
+            return .error(.badRequest, "empty body: expected JSON like \(example)")
         }
-        let update: LimitUpdate
+        let update: Update
         do {
-            update = try ControlJSON.decode(LimitUpdate.self, from: body)
+            update = try ControlJSON.decode(type, from: body)
         } catch {
             return .error(HTTPResponseStatus(statusCode: error.status), error.message)
         }
         do {
-            return .json(try await backend.updateLimits(update, replace: replace))
+            return .json(try await apply(update))
         } catch let error as ControlAPIError {
             return .error(HTTPResponseStatus(statusCode: error.status), error.message)
         } catch let error as LimitParseError {
             return .error(.badRequest, error.description)
         } catch {
-            return .error(.internalServerError, "cannot update the limits: \(error)")
+            return .error(.internalServerError, "cannot update \(what): \(error)")
         }
     }
 }

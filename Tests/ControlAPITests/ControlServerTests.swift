@@ -176,6 +176,41 @@ struct ControlServerTests {
         }
     }
 
+    @Test func portSecurityTurnsOnChangesAndOff() async throws {
+        try await withServer { _, _, client in
+            #expect(try await client.portSecurity() == PortSecurityStatus(mac: "52:54:00:12:34:56"))
+            // allowed_ips alone turns it on; the prefixes come back in canonical form.
+            let on = try await client.portSecurity(PortSecurityUpdate(allowedIPs: ["10.0.0.5", "2001:db8::/64"]))
+            #expect(on == PortSecurityStatus(enabled: true, mac: "52:54:00:12:34:56", allowedIPs: ["10.0.0.5/32", "2001:db8::/64"]))
+            // PATCH keeps what it does not name.
+            let router = try await client.portSecurity(PortSecurityUpdate(allowRouter: true))
+            #expect(router.enabled && router.allowRouter && router.allowedIPs == on.allowedIPs)
+            // PUT replaces: what is not given is off or empty.
+            let replaced = try await client.portSecurity(PortSecurityUpdate(enabled: true), replace: true)
+            #expect(replaced == PortSecurityStatus(enabled: true, mac: "52:54:00:12:34:56"))
+            #expect(try await client.portSecurity(PortSecurityUpdate(enabled: false)).enabled == false)
+        }
+    }
+
+    @Test func badPortSecurityIs400NamingWhatIsWrong() async throws {
+        try await withServer { _, backend, client in
+            let cases: [(String, String)] = [
+                (#"{"allowed_ips": ["10.0.0.300"]}"#, #"allowed_ips: '10.0.0.300' is not an IPv4 or IPv6 address"#),
+                (#"{"allowed_ips": ["10.0.0.5/24"]}"#, "has bits set beyond its prefix"),
+                (#"{"allowed_ip": []}"#, #"allowed_ip: unknown key; expected "enabled", "allowed_ips", "allow_router""#),
+                (#"{"enabled": "yes"}"#, "enabled: expected true or false"),
+                ("", "empty body: expected JSON like"),
+            ]
+            for (body, needle) in cases {
+                let response = try await client.http.request("PATCH", "/vm/port-security", body: Array(body.utf8))
+                #expect(response.status == 400, "\(body)")
+                let message = ControlClient.errorMessage(response)
+                #expect(message.contains(needle), "\(body) -> \(message)")
+            }
+            #expect(await backend.portSecurity == PortSecurityStatus(mac: "52:54:00:12:34:56"), "nothing changed")
+        }
+    }
+
     @Test func backendErrorsKeepTheirStatus() async throws {
         try await withServer { _, backend, client in
             await backend.setUpdateError(ControlAPIError.conflict("no frontend connected"))
