@@ -3,8 +3,9 @@
 # its malloc interposer). A production NetDevice, set up in-process with the requests QEMU
 # sends, moves batches of 64-byte frames: guest transmit dropped in sink mode, guest transmit to
 # a real TAP and host-to-guest receive from it, each with the TAP in io-uring mode (the daemon's
-# default) and in writev mode. Only the device's service calls are measured, warm-up
-# iterations are excluded, and every steady-state iteration must allocate nothing. Prints a
+# default) and in writev mode, and with port security's checks on every frame. Only the
+# device's service calls are measured, warm-up iterations are excluded, and every
+# steady-state iteration must allocate nothing. Prints a
 # table; exits non-zero naming any benchmark that allocated, with its allocation stacks.
 #
 # Runs in a private network namespace (unshare --net): the TAPs are created there and vanish
@@ -96,9 +97,10 @@ baseline="baseline: empty measured region"
 control="control: one allocation"
 hot_paths=("guest transmit to sink" "guest transmit to TAP in io-uring mode" "guest transmit to TAP in writev mode"
     "host to guest from TAP in io-uring mode" "host to guest in io-uring batches (no guest GSO)"
-    "host to guest from TAP in writev mode")
+    "host to guest from TAP in writev mode"
+    "guest transmit to TAP in io-uring mode with port security" "host to guest in io-uring batches with port security")
 
-table_row() { printf '%-48s %11s %13s %14s %11s\n' "$@"; }
+table_row() { printf '%-58s %11s %13s %14s %11s\n' "$@"; }
 echo
 table_row benchmark frames/iter mallocs/iter mallocs/frame ns/frame
 table_row "(steady state, warm-up excluded)" "" "mean (max)" "" "p50 (info)"

@@ -32,15 +32,16 @@ let package = Package(
         mirrored("Virtqueue", ["GuestMemory", "CTapwire"]),
         mirrored("VhostUser", ["CTapwire", "SystemCalls", "GuestMemory", logging]),
         mirrored("RateLimiter"),
+        mirrored("PortSecurity"),
         mirrored("TapDevice", ["CTapwire", "SystemCalls"]),
-        mirrored("VirtioNet", ["CTapwire", "SystemCalls", "GuestMemory", "Virtqueue", "VhostUser", "TapDevice", "RateLimiter", logging]),
+        mirrored("VirtioNet", ["CTapwire", "SystemCalls", "GuestMemory", "Virtqueue", "VhostUser", "TapDevice", "RateLimiter", "PortSecurity", logging]),
         // The test frontend's guest memory and ring layout (the guest's side of the benchmarks).
         mirrored("VhostUserFrontend", ["CTapwire", "SystemCalls", "GuestMemory", "Virtqueue", "VhostUser"]),
         .executableTarget(
             name: "HotPathAllocations",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
-                "VirtioNet", "VhostUser", "VhostUserFrontend", "Virtqueue", "TapDevice", "SystemCalls", "CTapwire",
+                "VirtioNet", "VhostUser", "VhostUserFrontend", "Virtqueue", "TapDevice", "SystemCalls", "CTapwire", "PortSecurity",
                 logging,
             ],
             path: "Benchmarks/HotPathAllocations",

@@ -6,6 +6,7 @@ import TapDevice
 import Virtqueue
 import VhostUser
 import VirtioNet
+import PortSecurity
 import VhostUserFrontend
 
 struct BenchmarkSetupError: Error, CustomStringConvertible {
@@ -51,7 +52,10 @@ final class DeviceUnderTest {
     /// and receive reads go in io_uring batches.
     let guestGSO: Bool
 
-    init(tap: Tap?, guestGSO: Bool = true, receiveRingSize: UInt16 = 1024, transmitRingSize: UInt16 = 256) throws {
+    /// With `portSecurity`, the device runs the port-security checks on every frame, and the
+    /// guest sends IPv4/UDP from the MAC and address the policy allows.
+    init(tap: Tap?, guestGSO: Bool = true, portSecurity: Bool = false, receiveRingSize: UInt16 = 1024,
+         transmitRingSize: UInt16 = 256) throws {
         self.tap = tap
         self.guestGSO = guestGSO
         var logger = Logger(label: "tapwire-bench")
@@ -74,14 +78,16 @@ final class DeviceUnderTest {
         }
         // Each transmit chain is one descriptor holding the virtio-net header and the frame,
         // as a Linux guest sends a small frame (VERSION_1: any layout).
-        let frame = Self.transmitFrame()
+        let frame = portSecurity ? Self.allowedTransmitFrame() : Self.transmitFrame()
         for i in 0..<transmitRingSize {
             let slot = transmitFrames + UInt64(i) * UInt64(Self.transmitSlotBytes)
             arena.write(frame, at: slot)
             transmit.writeDescriptor(i, address: slot, length: UInt32(frame.count), flags: 0, next: 0)
         }
 
-        device = NetDevice(config: NetDeviceConfig(), tap: tap, logger: logger, now: monotonicNanoseconds())
+        let policy = portSecurity ? PortPolicy(mac: Self.guestMAC, allowedIPs: [.v4(address: Self.guestIPv4, prefixLength: 32)]) : nil
+        device = NetDevice(config: NetDeviceConfig(mac: Self.guestMAC, portPolicy: policy), tap: tap, logger: logger,
+                           now: monotonicNanoseconds())
         try negotiate()
         receive.eventIndex = device.ackedFeatures & NetFeature.ringEventIndex != 0
         transmit.eventIndex = receive.eventIndex
@@ -95,6 +101,20 @@ final class DeviceUnderTest {
     /// The virtio-net header (no offload) and a broadcast frame of the benchmark's EtherType.
     static func transmitFrame() -> [UInt8] {
         [UInt8](repeating: 0, count: headerBytes) + ethernetFrame()
+    }
+
+    static let guestMAC: [UInt8] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01]
+    static let guestIPv4: UInt32 = 0x0a00_0001
+
+    /// The header and a 64-byte IPv4/UDP broadcast from `guestMAC` and `guestIPv4` (to the
+    /// discard port), which port security lets through after reading every header.
+    static func allowedTransmitFrame() -> [UInt8] {
+        let ipBytes = frameBytes - 14
+        var frame: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff] + guestMAC + [0x08, 0x00]
+        frame += [0x45, 0, 0, UInt8(ipBytes), 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 255]
+        frame += [0x30, 0x39, 0, 9, 0, UInt8(ipBytes - 20), 0, 0]
+        while frame.count < frameBytes { frame.append(0) }
+        return [UInt8](repeating: 0, count: headerBytes) + frame
     }
 
     static func ethernetFrame() -> [UInt8] {

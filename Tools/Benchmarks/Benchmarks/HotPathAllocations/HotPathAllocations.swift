@@ -58,11 +58,15 @@ let benchmarks: @Sendable () -> Void = {
     registerTransmit(name: "guest transmit to sink", to: .sink)
     registerTransmit(name: "guest transmit to TAP in io-uring mode", to: .tap(name: "twalloc-tx-ring", ioUring: true))
     registerTransmit(name: "guest transmit to TAP in writev mode", to: .tap(name: "twalloc-tx", ioUring: false))
+    registerTransmit(name: "guest transmit to TAP in io-uring mode with port security", to: .tap(name: "twalloc-tx-ps", ioUring: true),
+                     portSecurity: true)
     // With guest GSO a receive may need several buffers, so reads stay one per frame even in
     // io-uring mode; without it each 2 KiB buffer holds a frame and reads go in batches.
     registerReceive(name: "host to guest from TAP in io-uring mode", tapName: "twalloc-rx-ring", ioUring: true, guestGSO: true)
     registerReceive(name: "host to guest in io-uring batches (no guest GSO)", tapName: "twalloc-rx-bat", ioUring: true, guestGSO: false)
     registerReceive(name: "host to guest from TAP in writev mode", tapName: "twalloc-rx", ioUring: false, guestGSO: true)
+    registerReceive(name: "host to guest in io-uring batches with port security", tapName: "twalloc-rx-ps", ioUring: true, guestGSO: false,
+                    portSecurity: true)
 }
 
 /// Where guest transmit goes.
@@ -75,7 +79,7 @@ enum TransmitTarget {
 
 /// Guest transmit: the guest posts a batch, tapwire drains it (to the TAP, or dropped in sink
 /// mode) the way its queue-pair worker does: again while the outcome says more work.
-func registerTransmit(name: String, to target: TransmitTarget) {
+func registerTransmit(name: String, to target: TransmitTarget, portSecurity: Bool = false) {
     let state = BenchmarkState()
     Benchmark(name) { benchmark in
         guard let dut = state.device else { return }
@@ -95,7 +99,7 @@ func registerTransmit(name: String, to target: TransmitTarget) {
     } setup: {
         var tap: Tap?
         if case .tap(let tapName, let ioUring) = target { tap = try openTap(tapName, ioUring: ioUring) }
-        state.device = try DeviceUnderTest(tap: tap)
+        state.device = try DeviceUnderTest(tap: tap, portSecurity: portSecurity)
         if let tap { state.tapPacketsAtStart = interfaceStatistic(tap.name, "rx_packets") ?? 0 }
     } teardown: {
         defer { state.device = nil }
@@ -114,7 +118,7 @@ func registerTransmit(name: String, to target: TransmitTarget) {
 
 /// Host to guest: a batch is injected into the TAP before the measured region; tapwire reads it
 /// into the guest's receive buffers; the guest then takes the frames and posts the buffers again.
-func registerReceive(name: String, tapName: String, ioUring: Bool, guestGSO: Bool) {
+func registerReceive(name: String, tapName: String, ioUring: Bool, guestGSO: Bool, portSecurity: Bool = false) {
     let state = BenchmarkState()
     Benchmark(name) { benchmark in
         guard let dut = state.device, let injector = state.injector else { return }
@@ -133,7 +137,7 @@ func registerReceive(name: String, tapName: String, ioUring: Bool, guestGSO: Boo
         benchmark.measurement(framesMetric, frames)
     } setup: {
         let tap = try openTap(tapName, ioUring: ioUring)
-        let dut = try DeviceUnderTest(tap: tap, guestGSO: guestGSO)
+        let dut = try DeviceUnderTest(tap: tap, guestGSO: guestGSO, portSecurity: portSecurity)
         dut.postAllReceiveBuffers()
         state.injector = try FrameInjector(interface: tap.name, frame: DeviceUnderTest.ethernetFrame())
         state.device = dut
