@@ -438,7 +438,7 @@ extension NetDevice {
                     if !smallerChain { outcome = .needBuffers }
                     break
                 }
-                let (filled, read) = readBatch(queue, ring, tapRing, count: count, frames: &frames, unpublishedBytes: &unpublishedBytes)
+                let read = readBatch(queue, ring, tapRing, count: count, frames: &frames, unpublishedBytes: &unpublishedBytes).read
                 // Grow the batch while the TAP fills it; shrink it to what came when it did not.
                 queue.receiveBatch = read == count ? min(count * 2, receiveBatchLimit) : max(read, 1)
                 if read < count {
