@@ -6,6 +6,9 @@
   Fixtures/fuzz/chain/    guest memory images with split rings (format in Tools/fuzz/FuzzChain.swift):
                           direct, indirect, wrapped indices, event idx, buffers across two regions,
                           and hostile chains
+  Fixtures/fuzz/portfilter/  a port-security policy and one Ethernet frame (format in
+                          Tools/fuzz/FuzzPortFilter.swift): each kind the classifier tells apart,
+                          allowed and spoofed, tagged, with extension headers, GSO-long
 
 Usage: Tools/fuzz/gen_seeds.py [--out Fixtures/fuzz]   (deterministic; rewrites the seed files)
 """
@@ -428,12 +431,107 @@ def chain_seeds():
     return seeds
 
 
+# ---------------------------------------------------------------- port-security frames
+
+PF_MAC = bytes.fromhex("525400123456")
+PF_OTHER_MAC = bytes.fromhex("525400aabbcc")
+PF_BROADCAST = b"\xff" * 6
+PF_IPV4 = bytes([10, 0, 0, 5])
+PF_GATEWAY = bytes([10, 0, 0, 1])
+PF_IPV6 = bytes.fromhex("20010db8000000000000000000000005")
+PF_LINK_LOCAL = bytes.fromhex("fe80000000000000505400fffe123456")
+PF_ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
+PF_UNSPECIFIED = bytes(16)
+ETH_IPV4, ETH_ARP, ETH_RARP, ETH_IPV6, ETH_VLAN, ETH_QINQ = 0x0800, 0x0806, 0x8035, 0x86DD, 0x8100, 0x88A8
+TCP, UDP, ICMPV6, HOP_BY_HOP, FRAGMENT, AUTH = 6, 17, 58, 0, 44, 51
+NS, NA, RS, RA, SLLA, TLLA = 135, 136, 133, 134, 1, 2
+GSO_LENGTH = 65000
+
+
+def pf_policy(allow_router=False, networks=((False, 32, PF_IPV4), (False, 24, bytes([192, 168, 7, 0])), (True, 128, PF_IPV6)),
+              extra=0):
+    """The input's policy record: flags, MAC, the frame's length past the input, networks."""
+    out = bytes([(1 if allow_router else 0) | (len(networks) << 1)]) + PF_MAC + struct.pack(">H", extra)
+    for v6, length, address in networks:
+        out += bytes([(0x80 if v6 else 0) | length]) + address.ljust(16, b"\0")
+    return out
+
+
+def eth(payload, ethertype, src=PF_MAC, dst=PF_OTHER_MAC, tags=()):
+    return dst + src + b"".join(struct.pack(">HH", tpid, 100) for tpid in tags) + struct.pack(">H", ethertype) + payload
+
+
+def ipv4(payload, proto, src=PF_IPV4, frag=0):
+    return struct.pack(">BBHHHBBH", 0x45, 0, 20 + len(payload), 1, frag, 64, proto, 0) + src + PF_GATEWAY + payload
+
+
+def udp(sport, dport, data=bytes(4)):
+    return struct.pack(">HHHH", sport, dport, 8 + len(data), 0) + data
+
+
+def tcp(data=b""):
+    return struct.pack(">HH", 40000, 80) + bytes(16) + data
+
+
+def ipv6(payload, nh, src=PF_IPV6, dst=PF_ALL_NODES):
+    return struct.pack(">IHBB", 0x60000000, len(payload), nh, 255) + src + dst + payload
+
+
+def icmpv6(kind, body=b""):
+    return bytes([kind, 0, 0, 0, 0, 0, 0, 0]) + body
+
+
+def arp(op=1, sender_mac=PF_MAC, sender_ip=PF_IPV4):
+    return struct.pack(">HHBBH", 1, ETH_IPV4, 6, 4, op) + sender_mac + sender_ip + bytes(6) + PF_GATEWAY
+
+
+def portfilter_seeds():
+    v4, v6 = (lambda p, proto, **k: eth(ipv4(p, proto, **k), ETH_IPV4)), (lambda p, nh, **k: eth(ipv6(p, nh, **k), ETH_IPV6))
+    slla, tlla = bytes([SLLA, 1]) + PF_MAC, bytes([TLLA, 1]) + PF_MAC
+    frames = {
+        "ipv4-tcp": v4(tcp(), TCP),
+        "ipv4-spoofed": v4(tcp(), TCP, src=bytes([10, 0, 0, 6])),
+        "dhcp-discover": v4(udp(68, 67), UDP, src=bytes(4)),
+        "dhcp-offer": v4(udp(67, 68), UDP),
+        "ipv4-later-fragment": v4(udp(67, 68), UDP, frag=185),
+        "arp-request": eth(arp(), ETH_ARP),
+        "arp-probe": eth(arp(sender_ip=bytes(4)), ETH_ARP, dst=PF_BROADCAST),
+        "arp-spoofed-mac": eth(arp(sender_mac=PF_OTHER_MAC), ETH_ARP),
+        "rarp": eth(arp(op=3, sender_ip=bytes(4)), ETH_RARP),
+        "ipv6-udp": v6(udp(5000, 53), UDP),
+        "ipv6-link-local-echo": v6(icmpv6(128), ICMPV6, src=PF_LINK_LOCAL),
+        "dhcpv6-reply": v6(udp(547, 546), UDP, src=PF_LINK_LOCAL),
+        "ns-dad": v6(icmpv6(NS, PF_IPV6), ICMPV6, src=PF_UNSPECIFIED),
+        "ns-slla": v6(icmpv6(NS, PF_IPV6 + slla), ICMPV6, src=PF_LINK_LOCAL),
+        "na-tlla": v6(icmpv6(NA, PF_IPV6 + bytes([14, 1]) + bytes(6) + tlla), ICMPV6),
+        "rs-slla": v6(icmpv6(RS, slla), ICMPV6, src=PF_LINK_LOCAL),
+        "ra": v6(icmpv6(RA, bytes(8) + slla), ICMPV6, src=PF_LINK_LOCAL),
+        "mldv2-hop-by-hop": v6(bytes([ICMPV6, 0, 5, 2, 0, 0, 1, 0]) + icmpv6(143), HOP_BY_HOP, src=PF_UNSPECIFIED),
+        "hop-by-hop-fragment-udp": v6(bytes([FRAGMENT, 0]) + bytes(6) + bytes([UDP, 0, 0, 1]) + bytes(4) + udp(4000, 4001), HOP_BY_HOP),
+        "later-fragment": v6(bytes([UDP, 0, 0x05, 0xc8]) + bytes(4) + udp(547, 546), FRAGMENT),
+        "auth-header-ra": v6(bytes([ICMPV6, 4]) + bytes(22) + icmpv6(RA), AUTH, src=PF_LINK_LOCAL),
+        "vlan-ipv4": eth(ipv4(tcp(), TCP), ETH_IPV4, tags=(ETH_VLAN,)),
+        "qinq-ipv6": eth(ipv6(tcp(), TCP), ETH_IPV6, tags=(ETH_QINQ, ETH_VLAN)),
+        "three-tags": eth(ipv4(tcp(), TCP), ETH_IPV4, tags=(ETH_QINQ, ETH_VLAN, ETH_VLAN)),
+        "lldp": eth(bytes(46), 0x88CC, dst=bytes.fromhex("0180c200000e")),
+        "foreign-mac": eth(ipv4(tcp(), TCP), ETH_IPV4, src=PF_OTHER_MAC),
+    }
+    seeds = {name: pf_policy() + frame for name, frame in frames.items()}
+    seeds["ra-allow-router"] = pf_policy(allow_router=True) + frames["ra"]
+    seeds["no-networks-dhcp"] = pf_policy(networks=()) + frames["dhcp-discover"]
+    seeds["wide-networks"] = pf_policy(networks=((False, 0, b""), (True, 0, b""))) + frames["ipv4-spoofed"]
+    gso = eth(ipv4(tcp(bytes(200)), TCP), ETH_IPV4)
+    seeds["gso-ipv4-tcp"] = pf_policy(extra=GSO_LENGTH - len(gso)) + gso
+    return seeds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     parser.add_argument("--out", default=os.path.join(root, "Fixtures", "fuzz"))
     args = parser.parse_args()
-    for target, seeds in (("message", message_seeds()), ("chain", {k: v.encode() for k, v in chain_seeds().items()})):
+    for target, seeds in (("message", message_seeds()), ("chain", {k: v.encode() for k, v in chain_seeds().items()}),
+                          ("portfilter", portfilter_seeds())):
         directory = os.path.join(args.out, target)
         os.makedirs(directory, exist_ok=True)
         for old in os.listdir(directory):

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Builds and runs tapwire's libFuzzer targets.
 #
-# Usage: Tools/fuzz/run.sh [--seconds N] [--target message|chain|all] [--parallel] [--merge]
+# Usage: Tools/fuzz/run.sh [--seconds N] [--target message|chain|portfilter|all] [--parallel] [--merge]
 #                          [--no-coverage] [--build-only] [--repro FILE] [-- extra libFuzzer flags]
 #   --seconds N   run each target for N seconds (default 60)
-#   --target T    message (vhost-user message stream), chain (virtqueue descriptor chains), all
+#   --target T    message (vhost-user message stream), chain (virtqueue descriptor chains),
+#                 portfilter (port security's frame classifier), all
 #   --parallel    run the targets at the same time (one core each) instead of one after the other
 #   --merge       afterwards, add the run's inputs that reach new edges to Fixtures/fuzz/<target>/
 #                 (libFuzzer -merge=1 -use_counters=0, inputs cut to 4 KiB; warns past 60 files).
 #                 Without it nothing is written to Fixtures: the run works on a copy of the corpus
-#   --build-only  just build .build-fuzz/fuzz-message and .build-fuzz/fuzz-chain
+#   --build-only  just build .build-fuzz/fuzz-message, fuzz-chain and fuzz-portfilter
 #   --no-coverage skip the line-coverage report (a second, coverage-instrumented build that
 #                 replays the final corpus; llvm-cov's line/region figures per source file)
 #   --repro FILE  run the built target once on FILE (a crash file) and show the report
@@ -22,6 +23,7 @@
 #   Virtqueue    Sources/Virtqueue/*.swift (imports CTapwire, GuestMemory)
 #   VhostUser    Sources/VhostUser/*.swift (imports CTapwire, SystemCalls; not swift-log, which
 #                none of these files imports)
+#   PortSecurity Sources/PortSecurity/*.swift (imports only Glibc)
 # so every `import` in the sources resolves to the module it names and nothing is copied.
 # All of it is compiled with -sanitize=fuzzer,address (coverage + ASan), -O, and Swift 6 mode.
 #
@@ -30,7 +32,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$(pwd)
-OUT=$ROOT/.build-fuzz
+# FUZZ_OUT: another build and run directory (two checkouts or sessions fuzzing at once).
+OUT=${FUZZ_OUT:-$ROOT/.build-fuzz}
 SWIFTC=${SWIFTC:-swiftc}
 CLANG=${CLANG:-clang}
 
@@ -57,15 +60,16 @@ while (($#)); do
     esac
     shift
 done
-case $target in message|chain) targets=("$target") ;; all) targets=(message chain) ;;
-    *) echo "fuzz: --target must be message, chain or all" >&2; exit 2 ;; esac
+case $target in message|chain|portfilter) targets=("$target") ;; all) targets=(message chain portfilter) ;;
+    *) echo "fuzz: --target must be message, chain, portfilter or all" >&2; exit 2 ;; esac
 
 log() { printf 'fuzz: %s\n' "$*" >&2; }
 die() { printf 'fuzz: error: %s\n' "$*" >&2; exit 1; }
 
 # ------------------------------------------------------------------ build
 
-max_len() { case $1 in message) echo 8192 ;; chain) echo 12288 ;; esac; }
+# portfilter: a policy record (at most 60 bytes) and a frame somewhat past PortFilter.inspectedBytes.
+max_len() { case $1 in message) echo 8192 ;; chain) echo 12288 ;; portfilter) echo 512 ;; esac; }
 
 
 # Runs a compiler, leaving out gold's noise about ASan's local helper symbols.
@@ -87,10 +91,11 @@ build() {
     local stamp="$dir/.inputs"
     # Rebuild only when a source, the harness, this script or the toolchain changed.
     local inputs
-    inputs=$( { "$SWIFTC" --version 2>&1; cat "$0" Sources/CTapwire/shim.c Sources/CTapwire/include/ctapwire.h \
+    inputs=$( { "$SWIFTC" --version 2>&1; cat "$0" Sources/CTapwire/shim.c Sources/CTapwire/include/*.h \
         Sources/SystemCalls/*.swift Sources/GuestMemory/*.swift Sources/Virtqueue/*.swift Sources/VhostUser/*.swift \
+        Sources/PortSecurity/*.swift \
         Tools/fuzz/*.swift Tools/fuzz/support/* Tools/fuzz/modules/CTapwire/*; } | sha256sum | cut -c1-16)
-    if [[ -f $stamp && $(cat "$stamp") == "$inputs" && -x $dir/fuzz-message && -x $dir/fuzz-chain ]]; then
+    if [[ -f $stamp && $(cat "$stamp") == "$inputs" && -x $dir/fuzz-message && -x $dir/fuzz-chain && -x $dir/fuzz-portfilter ]]; then
         log "$variant build is up to date ($dir)"
         return
     fi
@@ -103,7 +108,7 @@ build() {
     quiet "$CLANG" -c "${support[@]}" Tools/fuzz/support/fuzz_support.c \
         -o "$dir/obj/FuzzSupport.o"
     local module
-    for module in SystemCalls GuestMemory Virtqueue VhostUser; do
+    for module in SystemCalls GuestMemory Virtqueue VhostUser PortSecurity; do
         quiet "$SWIFTC" "${common[@]}" -module-name "$module" -wmo -emit-module -emit-module-path "$dir/modules/$module.swiftmodule" \
             -c Sources/"$module"/*.swift -o "$dir/obj/$module.o"
     done
@@ -111,8 +116,10 @@ build() {
         "$dir/obj/VhostUser.o" "$dir/obj/SystemCalls.o" "$dir/obj/GuestMemory.o" "$dir/obj/CTapwire.o" "$dir/obj/FuzzSupport.o" -o "$dir/fuzz-message"
     quiet "$SWIFTC" "${common[@]}" -I Tools/fuzz/support -module-name FuzzChain Tools/fuzz/FuzzChain.swift \
         "$dir/obj/Virtqueue.o" "$dir/obj/GuestMemory.o" "$dir/obj/CTapwire.o" "$dir/obj/FuzzSupport.o" -o "$dir/fuzz-chain"
+    quiet "$SWIFTC" "${common[@]}" -I Tools/fuzz/support -module-name FuzzPortFilter Tools/fuzz/FuzzPortFilter.swift \
+        "$dir/obj/PortSecurity.o" "$dir/obj/FuzzSupport.o" -o "$dir/fuzz-portfilter"
     echo "$inputs" >"$stamp"
-    log "built $variant fuzz-message and fuzz-chain in $((SECONDS - t0))s"
+    log "built $variant fuzz-message, fuzz-chain and fuzz-portfilter in $((SECONDS - t0))s"
 }
 
 # coverage TARGET CORPUS: line coverage of the Sources/ files the target exercises, over CORPUS.
@@ -121,6 +128,7 @@ coverage() {
     case $t in
         message) sources=(Sources/VhostUser/Message.swift Sources/VhostUser/Connection.swift Sources/SystemCalls/Sockets.swift) ;;
         chain) sources=(Sources/Virtqueue/SplitQueue.swift Sources/Virtqueue/IOVectorBuffer.swift Sources/GuestMemory/GuestMemoryMap.swift) ;;
+        portfilter) sources=(Sources/PortSecurity/PortFilter.swift Sources/PortSecurity/PortPolicy.swift) ;;
     esac
     local tools; tools=$(dirname "$(readlink -f "$(command -v "$SWIFTC")")") # the toolchain's llvm-cov, not Debian's
     rm -f "$OUT/cov/$t-"*.profraw
@@ -139,7 +147,7 @@ export SWIFT_BACKTRACE=enable=no # else Swift's backtracer hangs instead of lett
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:allocator_may_return_null=1:handle_abort=1:quarantine_size_mb=64}
 
 if [[ -n $repro ]]; then
-    t=$target; [[ $t == all ]] && die "--repro needs --target message|chain"
+    t=$target; [[ $t == all ]] && die "--repro needs --target message|chain|portfilter"
     "$OUT/fuzz-$t" -runs=1 "$repro"
     exit $?
 fi
