@@ -29,9 +29,22 @@
 # hugepages (set up here and put back as they were), `dpdk-testpmd` (Debian: dpdk-dev).
 # On a machine busy with other work use --nice -19 (see below); BENCH_DEBUG=1 logs raw counters.
 #
+# --port-security: the cost of port security (issue #16). Each row runs tapwire twice, in
+#   turn, instead of tapwire and DPDK: "tapwire" with --mac, and "tw+ps" with --mac and
+#   --allowed-ips (which turns port security on), so the only difference is the check. The
+#   frontend's frames are fixed so that they pass: virtio-user's mac= devarg is FE_MAC (the
+#   source MAC of txonly's frames, and tapwire's --mac), txonly's --tx-ip is TX_IP_SRC,TX_IP_DST
+#   (--allowed-ips is TX_IP_SRC/32), --eth-peer a unicast neighbour. In each tw+ps run the
+#   script checks, on the API, that port security is on and that no frame was dropped by it
+#   (every tapwire_drops_total of a port-security reason is 0; a filter that drops everything
+#   would measure nothing), then narrows --allowed-ips live and checks that spoofed_ip drops
+#   start (a filter that checks nothing would not cost anything either). The report gives each
+#   row's backend CPU time per frame both ways and their ratio (target at 64 B: under 5%).
+#   --repeat N runs each pair N times alternately and reports medians (default 3 with it).
+#
 # Usage: Tools/bench-dpdk.sh [--seconds N] [--warmup S] [--rows abcd] [--wait-quiet N] [--nice N]
 #                            [--inject-cpu N] [--tapwire BIN] [--perf BIN] [--tapwire-args "ARGS"]
-#                            [--scrape-ms N]
+#                            [--scrape-ms N] [--port-security] [--repeat N]
 # --tapwire-args adds options to every tapwire run, e.g. "--tap-io writev" to measure the
 # one-writev-per-frame path instead of io_uring batches.
 # --scrape-ms N: during the tapwire rows' window, GET /metrics on its --api-socket every N ms
@@ -51,6 +64,16 @@ NICE=() # --nice N: the measured processes' command prefix (tw_set_nice in lib/c
 TAPWIRE_ARGS=()
 TAP=twb0
 SCRAPE_MS=0
+PORT_SECURITY=0
+REPEAT=''
+# The frontend's frames (all modes; --port-security allows exactly these). 198.18.0.0/15 is
+# the benchmarking range (RFC 2544); the MACs are locally administered.
+FE_MAC=02:74:77:62:00:01
+PEER_MAC=02:74:77:62:00:02
+TX_IP_SRC=198.18.0.1
+TX_IP_DST=198.18.0.2
+# Drop reasons port security counts under (PortViolation.label).
+PS_REASONS='spoofed_mac|spoofed_ip|spoofed_arp|rogue_dhcp|rogue_ra|not_for_this_vm|other_protocol'
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -65,16 +88,24 @@ while (($#)); do
         --tapwire-args) read -r -a TAPWIRE_ARGS <<<"$2"; shift 2 ;;
         --wait-quiet) WAIT_QUIET=$2; shift 2 ;;
         --scrape-ms) SCRAPE_MS=$2; shift 2 ;;
+        --port-security) PORT_SECURITY=1; shift ;;
+        --repeat) REPEAT=$2; shift 2 ;;
         --nice) tw_set_nice "$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) tw_die "unknown argument '$1' (see --help)" ;;
     esac
 done
 
+[[ -n $REPEAT ]] || REPEAT=$((PORT_SECURITY ? 3 : 1))
+((REPEAT >= 1)) || tw_die "--repeat must be at least 1"
+if ((PORT_SECURITY)); then KINDS=(tapwire tw+ps); else KINDS=(tapwire dpdk); fi
 tw_require_root
 (($(nproc) >= 2)) || tw_die "needs 2 cores: DPDK's frontend and backend both busy-poll (on one core they share it and measure nothing)"
 tw_ensure_packages dpdk-testpmd:dpdk-dev ip:iproute2 jq:jq curl:curl taskset:util-linux stdbuf:coreutils awk:gawk
 tw_ensure_release_tools "$TAPWIRE" "$PERF"
+if ((PORT_SECURITY)); then
+    [[ $("$TAPWIRE" --help 2>&1) == *--allowed-ips* ]] || tw_die "$TAPWIRE has no --allowed-ips (port security): rebuild it"
+fi
 
 tw_install_traps
 if ((${#NICE[@]})); then tw_measure_at_nice "$NICE_VALUE"; fi
@@ -112,12 +143,17 @@ stop_all() {
 }
 tw_at_exit stop_all
 
-# start_backend KIND MODE LOG: KIND tapwire|dpdk, MODE tap|sink.
+is_tapwire() { [[ $1 == tapwire || $1 == tw+ps ]]; }
+
+# start_backend KIND MODE LOG: KIND tapwire|tw+ps|dpdk, MODE tap|sink.
 start_backend() {
     local kind=$1 mode=$2 log=$3
-    if [[ $kind == tapwire ]]; then
+    if is_tapwire "$kind"; then
         local args=(--tap "$TAP")
         [[ $mode == sink ]] && args=(--sink)
+        # With --port-security both tapwire runs offer the same MAC; tw+ps adds the check.
+        ((PORT_SECURITY)) && args+=(--mac "$FE_MAC")
+        [[ $kind == tw+ps ]] && args+=(--allowed-ips "$TX_IP_SRC/32")
         # taskset and `ip netns exec` exec: the pid is tapwire's.
         tw_spawn "$log" "${NICE[@]}" taskset -c 1 ip netns exec "$NS" "$TAPWIRE" --socket-path "$SOCK" --api-socket "$API" "${args[@]}" "${TAPWIRE_ARGS[@]}"
     else
@@ -144,7 +180,7 @@ start_backend() {
 start_frontend() {
     local log=$1; shift
     tw_spawn "$log" "${NICE[@]}" stdbuf -oL dpdk-testpmd --file-prefix="$FE_PREFIX" -m 512 --no-pci --single-file-segments \
-        --vdev "net_virtio_user0,path=$SOCK,queues=1" -l 0-1 --main-lcore 1 -- \
+        --vdev "net_virtio_user0,path=$SOCK,queues=1,mac=$FE_MAC" -l 0-1 --main-lcore 1 -- \
         --auto-start --stats-period=1 --nb-cores=1 --total-num-mbufs=32768 "$@"
     FRONTEND_PID=$TW_SPAWNED_PID
     # testpmd says "<mode> packet forwarding - ports=N - cores=..." once it forwards.
@@ -204,8 +240,36 @@ stop_scraper() {
     SCRAPER_PID=''
 }
 tapwire_tx_frames() { curl -sf --max-time 5 --unix-socket "$API" http://tapwire/metrics.json | jq -r '.queues[1].frames'; }
+# port_security_drops [REASON]: tapwire's frames dropped by port security (of REASON, or of
+# any of its reasons), all queues, from /metrics.
+port_security_drops() {
+    local reasons=${1:-$PS_REASONS}
+    curl -sf --max-time 5 --unix-socket "$API" http://tapwire/metrics |
+        awk -v re="reason=\"($reasons)\"" '/^tapwire_drops_total[{]/ && $0 ~ re { n += $NF } END { printf "%d\n", n }'
+}
+# port_security_check ROW: in a tw+ps run, after the window. Port security must be on and
+# have dropped nothing (the frames were measured, not discarded); then, told live that the
+# frames' source is no longer allowed, it must drop them as spoofed_ip (it really checks).
+port_security_check() {
+    local row=$1 enabled drops before after
+    enabled=$(curl -sf --max-time 5 --unix-socket "$API" http://tapwire/vm/port-security | jq -r .enabled)
+    [[ $enabled == true ]] || tw_die "row $row/tw+ps: GET /vm/port-security says enabled=$enabled"
+    drops=$(port_security_drops)
+    ((drops == 0)) || tw_die "row $row/tw+ps: port security dropped $drops of testpmd's frames ($(curl -sf --unix-socket "$API" http://tapwire/metrics | grep '^tapwire_drops_total' | tr '\n' ' ')): the row measured drops, not the check"
+    before=$(port_security_drops spoofed_ip)
+    curl -sf --max-time 5 --unix-socket "$API" -X PATCH -H 'Content-Type: application/json' \
+        -d "{\"allowed_ips\": [\"${TX_IP_DST}/32\"]}" http://tapwire/vm/port-security >/dev/null ||
+        tw_die "row $row/tw+ps: PATCH /vm/port-security failed"
+    sleep 0.5
+    after=$(port_security_drops spoofed_ip)
+    ((after > before)) || tw_die "row $row/tw+ps: with $TX_IP_SRC no longer allowed, nothing was dropped as spoofed_ip: the check is not running"
+    PS_NOTE="port security on, 0 frames dropped in the window; $((after - before)) dropped as spoofed_ip in 0.5 s once $TX_IP_SRC was disallowed"
+}
 
 # ---------------------------------------------------------------- one measurement
+
+# txonly's frames: from FE_MAC (the port's mac= devarg) and TX_IP_SRC, to a unicast neighbour.
+TX_FRAMES=(--tx-ip="$TX_IP_SRC,$TX_IP_DST" --eth-peer="0,$PEER_MAC")
 
 # measure ROW KIND: runs one backend for one row; sets RATE (frames/s at the row's counting
 # point), OFFERED (frontend pps), BCPU (backend CPU cores), RQWAIT (backend run-queue wait ms),
@@ -213,9 +277,9 @@ tapwire_tx_frames() { curl -sf --max-time 5 --unix-socket "$API" http://tapwire/
 measure() {
     local row=$1 kind=$2 mode=tap size=64 fe_args=() log_be=$WORK/$1-$2-backend.log log_fe=$WORK/$1-$2-frontend.log
     case $row in
-        a) fe_args=(--forward-mode=txonly --txpkts=64) ;;
-        b) fe_args=(--forward-mode=txonly --txpkts=1500) size=1500 ;;
-        c) fe_args=(--forward-mode=txonly --txpkts=64) mode=sink ;;
+        a) fe_args=(--forward-mode=txonly --txpkts=64 "${TX_FRAMES[@]}") ;;
+        b) fe_args=(--forward-mode=txonly --txpkts=1500 "${TX_FRAMES[@]}") size=1500 ;;
+        c) fe_args=(--forward-mode=txonly --txpkts=64 "${TX_FRAMES[@]}") mode=sink ;;
         d) fe_args=(--forward-mode=rxonly) ;;
     esac
     start_backend "$kind" "$mode" "$log_be"
@@ -235,14 +299,16 @@ measure() {
     local m0 m1 c0 c1 w0 w1 k0='' k1='' tap0='' tap1=''
     m0=$(testpmd_mark "$log_fe") || tw_die "row $row/$kind: the frontend stopped printing statistics"
     c0=$(cpu_ticks "$BACKEND_PID") w0=$(run_delay_ns "$BACKEND_PID") tap0=$(tap_counters)
-    [[ $kind == tapwire && $row == c ]] && k0=$(tapwire_tx_frames)
+    is_tapwire "$kind" && [[ $row == c ]] && k0=$(tapwire_tx_frames)
     local scrapes=$WORK/$row-$kind-scrapes
-    [[ $kind == tapwire ]] && ((SCRAPE_MS > 0)) && start_scraper "$scrapes"
+    is_tapwire "$kind" && ((SCRAPE_MS > 0)) && start_scraper "$scrapes"
     sleep "$WINDOW"
     m1=$(testpmd_mark "$log_fe") || tw_die "row $row/$kind: the frontend stopped printing statistics"
     stop_scraper
     c1=$(cpu_ticks "$BACKEND_PID") w1=$(run_delay_ns "$BACKEND_PID") tap1=$(tap_counters)
-    [[ $kind == tapwire && $row == c ]] && k1=$(tapwire_tx_frames)
+    is_tapwire "$kind" && [[ $row == c ]] && k1=$(tapwire_tx_frames)
+    PS_NOTE=''
+    [[ $kind == tw+ps ]] && port_security_check "$row"
     [[ -z ${BENCH_DEBUG:-} ]] || tw_log "row $row/$kind marks: [$m0] [$m1] tap [$tap0] [$tap1] cpu $c0 $c1"
     local t0 t1 ftx0 ftx1 frx0 frx1 secs
     read -r t0 ftx0 frx0 <<<"$m0"
@@ -271,6 +337,7 @@ measure() {
             NOTE="TAP: the backend read $(per_s "$tap_tx")/s, the kernel dropped $(per_s "$tap_drop")/s (queue full)"
             ;;
     esac
+    [[ -z $PS_NOTE ]] || NOTE+="; $PS_NOTE"
     stop_all
     [[ -e $scrapes ]] && NOTE+="; $(grep -cx 200 "$scrapes" || true) /metrics scrapes answered in the window (every ${SCRAPE_MS} ms)"
     if [[ $row == d && -s $WORK/$row-$kind-inject.log ]]; then
@@ -302,13 +369,25 @@ declare -A TITLE=(
 )
 declare -A RES=()
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-tw_log "rows $ROWS, ${WARMUP}s warm-up + ${WINDOW}s window each; load average $load_before"
+tw_log "rows $ROWS, ${WARMUP}s warm-up + ${WINDOW}s window each, backends ${KINDS[*]}, $REPEAT run(s) each; load average $load_before"
+# median LIST: the median of space-separated numbers (the lower middle of an even count).
+median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# ns_per_frame RATE CPU: backend CPU time per frame, in ns.
+ns_per_frame() { awk -v r="$1" -v c="$2" 'BEGIN { if (r > 0) printf "%.1f", c / r * 1e9; else print 0 }'; }
 for ((i = 0; i < ${#ROWS}; i++)); do
     row=${ROWS:i:1}
     [[ -n ${TITLE[$row]:-} ]] || tw_die "unknown row '$row' (rows are a, b, c, d)"
-    for kind in tapwire dpdk; do
-        measure "$row" "$kind"
-        RES[$row.$kind.rate]=$RATE RES[$row.$kind.cpu]=$BCPU RES[$row.$kind.rq]=$RQWAIT RES[$row.$kind.note]=$NOTE
+    # With --repeat the backends take turns, so drift in the machine's load hits both alike.
+    for ((r = 1; r <= REPEAT; r++)); do
+        for kind in "${KINDS[@]}"; do
+            measure "$row" "$kind"
+            RES[$row.$kind.rates]+=" $RATE" RES[$row.$kind.cpus]+=" $BCPU" RES[$row.$kind.costs]+=" $(ns_per_frame "$RATE" "$BCPU")"
+            RES[$row.$kind.rq]=$RQWAIT RES[$row.$kind.note]=$NOTE
+        done
+    done
+    for kind in "${KINDS[@]}"; do
+        RES[$row.$kind.rate]=$(median "${RES[$row.$kind.rates]}") RES[$row.$kind.cpu]=$(median "${RES[$row.$kind.cpus]}")
+        RES[$row.$kind.cost]=$(median "${RES[$row.$kind.costs]}")
     done
 done
 
@@ -317,6 +396,34 @@ done
 mpps() { awk -v r="$1" 'BEGIN { printf "%.3f", r / 1e6 }'; }
 per_cpu() { awk -v r="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%.3f", r / c / 1e6; else print "-" }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+
+if ((PORT_SECURITY)); then
+    echo
+    echo "port security's cost: tapwire --mac $FE_MAC, without and with --allowed-ips $TX_IP_SRC/32 (tw+ps), same testpmd frontend"
+    echo "${WINDOW}s window after ${WARMUP}s warm-up, medians of $REPEAT alternating runs; cost = backend CPU time / frames, in ns"
+    printf '%-36s %9s %9s | %8s %8s | %9s %9s %9s\n' row "tw Mpps" "ps Mpps" "tw CPU" "ps CPU" "tw ns/fr" "ps ns/fr" "ps/tw"
+    for ((i = 0; i < ${#ROWS}; i++)); do
+        row=${ROWS:i:1}
+        t=tapwire p=tw+ps
+        printf '%-36s %9s %9s | %8s %8s | %9s %9s %9s\n' "${TITLE[$row]}" "$(mpps "${RES[$row.$t.rate]}")" "$(mpps "${RES[$row.$p.rate]}")" \
+            "${RES[$row.$t.cpu]}" "${RES[$row.$p.cpu]}" "${RES[$row.$t.cost]}" "${RES[$row.$p.cost]}" "$(ratio "${RES[$row.$p.cost]}" "${RES[$row.$t.cost]}")"
+    done
+    echo
+    for ((i = 0; i < ${#ROWS}; i++)); do
+        row=${ROWS:i:1}
+        for kind in "${KINDS[@]}"; do
+            printf '  %s %-8s rates/s%s, ns/frame%s; last run: %s\n' "${TITLE[$row]%%,*}" "$kind:" "${RES[$row.$kind.rates]}" "${RES[$row.$kind.costs]}" "${RES[$row.$kind.note]:-}"
+        done
+    done
+    for row in a c; do
+        [[ $ROWS == *$row* ]] || continue
+        extra=$(awk -v p="${RES[$row.tw+ps.cost]}" -v t="${RES[$row.tapwire.cost]}" 'BEGIN { if (t > 0) printf "%+.1f", (p / t - 1) * 100; else print "?" }')
+        verdict=$(awk -v e="$extra" 'BEGIN { print (e != "?" && e + 0 < 5) ? "under" : "NOT under" }')
+        echo "port security at 64 B, row ($row): ${extra}% CPU per frame ($verdict the 5% target)"
+    done
+    echo "machine: $(nproc) cores, kernel $(uname -r), DPDK $(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null || echo '?'); other work before the run: ${BACKGROUND}% of the CPUs busy; load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); took $(tw_elapsed "$STARTED") s"
+    exit 0
+fi
 
 echo
 echo "tapwire vs DPDK vhost PMD, same DPDK virtio-user frontend (testpmd); ${WINDOW}s window after ${WARMUP}s warm-up"
