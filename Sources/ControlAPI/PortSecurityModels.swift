@@ -63,7 +63,7 @@ public struct PortSecurityUpdate: Codable, Sendable, Equatable {
     public func applied(to current: PortSecurityStatus, replace: Bool) throws(ControlAPIError) -> PortSecurityStatus {
         var next = replace ? PortSecurityStatus(mac: current.mac) : current
         if let allowedIPs {
-            do { next.allowedIPs = try allowedIPs.map { entry throws(IPNetwork.ParseError) in try IPNetwork(parsing: entry).description } }
+            do { next.allowedIPs = try IPNetwork.parse(allowedIPs).map(\.description) }
             catch { throw .badRequest("allowed_ips: \(error)") }
         }
         if let allowRouter { next.allowRouter = allowRouter }

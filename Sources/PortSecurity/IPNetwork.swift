@@ -112,12 +112,16 @@ public enum IPNetwork: Sendable, Hashable, CustomStringConvertible {
 
     /// A comma-separated list, as `--allowed-ips` takes it ("" is none).
     public static func parseList(_ text: String) throws(ParseError) -> [IPNetwork] {
-        var networks = [IPNetwork]()
-        for item in text.split(separator: ",") {
-            let trimmed = item.trimmingSpaces
-            if trimmed.isEmpty { continue }
-            networks.append(try IPNetwork(parsing: trimmed))
+        try parse(text.split(separator: ",").map(\.trimmingSpaces).filter { !$0.isEmpty })
+    }
+
+    /// Each prefix of a list, at most `PortPolicy.maxAllowedIPs` of them.
+    public static func parse(_ items: [String]) throws(ParseError) -> [IPNetwork] {
+        guard items.count <= PortPolicy.maxAllowedIPs else {
+            throw ParseError(description: "\(items.count) prefixes; at most \(PortPolicy.maxAllowedIPs) (give a shorter prefix that covers several)")
         }
+        var networks = [IPNetwork]()
+        for item in items { networks.append(try IPNetwork(parsing: item)) }
         return networks
     }
 }

@@ -99,6 +99,20 @@ public struct PortFilter: Sendable {
     public let policy: PortPolicy
     private let mac: UInt64
     private let linkLocal: (high: UInt64, low: UInt64)
+    /// `policy.allowedIPs` as masks and networks in inline storage: the per-frame checks
+    /// touch no array, so no reference counting either.
+    private let prefixes: PrefixTable
+    private let prefixCount: Int
+
+    /// Room for `PortPolicy.maxAllowedIPs` prefixes.
+    typealias PrefixTable = InlineArray<32, Prefix>
+
+    /// One allowed prefix, an IPv4 one in the low 32 bits of `low`.
+    struct Prefix {
+        var isV4 = false
+        var high: UInt64 = 0, low: UInt64 = 0
+        var maskHigh: UInt64 = 0, maskLow: UInt64 = 0
+    }
 
     /// How many bytes of a frame the transmit check reads: Ethernet, two VLAN tags, an IPv6
     /// header with a few extension headers, and the ICMPv6/UDP fields. The datapath copies
@@ -110,6 +124,18 @@ public struct PortFilter: Sendable {
         self.policy = policy
         mac = policy.mac.reduce(0) { $0 << 8 | UInt64($1) }
         linkLocal = policy.linkLocal
+        var table = PrefixTable(repeating: Prefix())
+        for (i, network) in policy.allowedIPs.enumerated() {
+            switch network {
+            case .v4(let address, let length):
+                table[i] = Prefix(isV4: true, low: UInt64(address), maskLow: UInt64(IPNetwork.mask32(length)))
+            case .v6(let high, let low, let length):
+                let (maskHigh, maskLow) = IPNetwork.mask128(length)
+                table[i] = Prefix(high: high, low: low, maskHigh: maskHigh, maskLow: maskLow)
+            }
+        }
+        prefixes = table
+        prefixCount = policy.allowedIPs.count
     }
 
     /// Checks a frame the guest sends. `frame` is its first bytes (at most `inspectedBytes`),
@@ -146,14 +172,16 @@ public struct PortFilter: Sendable {
 
     @inline(__always)
     private func allowedV4(_ address: UInt32) -> Bool {
-        for network in policy.allowedIPs where network.contains(v4: address) { return true }
+        let address = UInt64(address)
+        for i in 0..<prefixCount where prefixes[i].isV4 && address & prefixes[i].maskLow == prefixes[i].low { return true }
         return false
     }
 
     @inline(__always)
     private func allowedV6(_ high: UInt64, _ low: UInt64) -> Bool {
         if high == linkLocal.high && low == linkLocal.low { return true }
-        for network in policy.allowedIPs where network.contains(v6High: high, low: low) { return true }
+        for i in 0..<prefixCount where !prefixes[i].isV4
+            && high & prefixes[i].maskHigh == prefixes[i].high && low & prefixes[i].maskLow == prefixes[i].low { return true }
         return false
     }
 

@@ -11,8 +11,12 @@ public struct PortPolicy: Sendable, Equatable {
     /// Lets the guest send DHCP/DHCPv6 server replies, router advertisements and redirects.
     public var allowRouter: Bool
 
+    /// How many prefixes `allowedIPs` may hold (the packet path keeps them inline).
+    public static let maxAllowedIPs = PortFilter.PrefixTable.count
+
     public init(mac: [UInt8], allowedIPs: [IPNetwork] = [], allowRouter: Bool = false) {
         precondition(mac.count == EthernetHeader.addressLength)
+        precondition(allowedIPs.count <= Self.maxAllowedIPs, "callers check the number of prefixes")
         self.mac = mac
         self.allowedIPs = allowedIPs
         self.allowRouter = allowRouter

@@ -134,7 +134,7 @@ extension PortPolicy {
             throw .conflict("port security needs the VM's MAC: start tapwire with --mac")
         }
         do {
-            self.init(mac: mac, allowedIPs: try status.allowedIPs.map { text throws(IPNetwork.ParseError) in try IPNetwork(parsing: text) },
+            self.init(mac: mac, allowedIPs: try IPNetwork.parse(status.allowedIPs),
                       allowRouter: status.allowRouter)
         } catch {
             throw .badRequest("allowed_ips: \(error)")

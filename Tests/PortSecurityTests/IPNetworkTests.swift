@@ -21,4 +21,12 @@ struct IPNetworkTests {
         let hostBits = #expect(throws: IPNetwork.ParseError.self) { try IPNetwork(parsing: "10.0.0.5/24") }
         #expect(hostBits?.description == "'10.0.0.5/24' has bits set beyond its prefix; write the network (10.0.0.0/24) or the host as /32")
     }
+
+    @Test func atMostSoManyPrefixes() throws {
+        let most = (0..<PortPolicy.maxAllowedIPs).map { "10.0.\($0).0/24" }
+        let filter = PortFilter(PortPolicy(mac: [2, 0, 0, 0, 0, 1], allowedIPs: try IPNetwork.parse(most)))
+        #expect(filter.policy.allowedIPs.count == PortPolicy.maxAllowedIPs)
+        let tooMany = #expect(throws: IPNetwork.ParseError.self) { try IPNetwork.parseList((most + ["10.1.0.0/16"]).joined(separator: ",")) }
+        #expect(tooMany?.description == "33 prefixes; at most 32 (give a shorter prefix that covers several)")
+    }
 }
