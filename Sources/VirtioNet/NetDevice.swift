@@ -21,9 +21,10 @@ public struct NetDeviceConfig: Sendable {
     /// Frames per service call before other queues get a turn.
     public var batchBudget: Int
     /// After a transmit burst empties the ring, look again this much later before asking the
-    /// guest for kicks again (0: ask at once). Under load the guest then keeps posting
-    /// without exiting to kick for every frame, which is what costs a TCG guest most.
-    public var transmitPollMicroseconds: Int
+    /// guest for kicks again (0: ask at once; nil: adaptive, only while traffic streams, see
+    /// `TransmitPollPolicy`). Under load the guest then keeps posting without exiting to kick
+    /// for every frame, which is what costs a TCG guest most.
+    public var transmitPollMicroseconds: Int?
     /// After any work, a queue pair's thread keeps polling its rings and TAP for this long
     /// with kicks off instead of sleeping (0: event-driven). Trades a core for latency.
     public var busyPollMicroseconds: Int
@@ -36,7 +37,7 @@ public struct NetDeviceConfig: Sendable {
 
     public init(queuePairs: Int = 1, offloads: Offload? = nil, mac: [UInt8]? = nil, mtu: Int? = nil,
                 txLimits: DirectionLimits = DirectionLimits(), rxLimits: DirectionLimits = DirectionLimits(),
-                batchBudget: Int = 256, transmitPollMicroseconds: Int = 300, busyPollMicroseconds: Int = 0,
+                batchBudget: Int = 256, transmitPollMicroseconds: Int? = nil, busyPollMicroseconds: Int = 0,
                 interruptModeration: InterruptModeration = NetDeviceConfig.defaultInterruptModeration,
                 portPolicy: PortPolicy? = nil) {
         self.queuePairs = queuePairs
@@ -50,6 +51,11 @@ public struct NetDeviceConfig: Sendable {
         self.busyPollMicroseconds = busyPollMicroseconds
         self.interruptModeration = interruptModeration
         self.portPolicy = portPolicy
+    }
+
+    /// A fresh transmit poll policy for one queue pair, from `transmitPollMicroseconds`.
+    public var transmitPollPolicy: TransmitPollPolicy {
+        TransmitPollPolicy(transmitPollMicroseconds.map { $0 == 0 ? .off : .fixed(microseconds: $0) } ?? .adaptive)
     }
 }
 
