@@ -74,17 +74,17 @@ public struct TapwireCommand: ParsableCommand {
     @Option(name: .long, help: "MTU offered to the guest (VIRTIO_NET_F_MTU); also set on the TAP.")
     var mtu: Int?
 
-    @Option(name: .long, help: "After a guest transmit burst, poll again after this many microseconds before asking for kicks (0: ask at once).")
-    var txPoll: Int = 300
+    @Option(name: .long, help: ArgumentHelp("After a guest transmit burst, poll again after this many microseconds before asking for kicks (0: ask at once; auto: only while the guest streams, so a lone request gets its kick back at once).", valueName: "microseconds|auto"))
+    var txPoll: HoldSetting = .auto
 
     @Option(name: .long, help: "Keep polling the rings and the TAP for this many microseconds after any traffic instead of sleeping, with guest kicks off (0: event-driven). Lowers latency at the cost of CPU.")
     var busyPoll: Int = 0
 
-    @Option(name: .long, help: "While data streams to the guest, space its receive interrupts at least this many microseconds apart (0: interrupt at once). Sparse traffic is never delayed.")
-    var rxCoalesceUsecs: Int = 300
+    @Option(name: .long, help: ArgumentHelp("While data streams to the guest, space its receive interrupts at least this many microseconds apart (0: interrupt at once; auto: \(HoldSetting.autoCoalesceMicroseconds)). Sparse traffic is never delayed.", valueName: "microseconds|auto"))
+    var rxCoalesceUsecs: HoldSetting = .auto
 
-    @Option(name: .long, help: "Let a transmit-completion interrupt wait up to this many microseconds for the next receive interrupt, which carries it, while receive interrupts flow (0: interrupt at once).")
-    var txCoalesceUsecs: Int = 300
+    @Option(name: .long, help: ArgumentHelp("Let a transmit-completion interrupt wait up to this many microseconds for the next receive interrupt, which carries it, while receive interrupts flow (0: interrupt at once; auto: \(HoldSetting.autoCoalesceMicroseconds)).", valueName: "microseconds|auto"))
+    var txCoalesceUsecs: HoldSetting = .auto
 
     @Option(name: .long, help: "How frames go to and from the TAP: io-uring (a batch of frames per syscall), writev (one readv/writev per frame), or auto (io-uring where the kernel allows it).")
     var tapIo: TapIOMode = .auto
@@ -130,12 +130,10 @@ public struct TapwireCommand: ParsableCommand {
         if client && socketPath == nil { throw ValidationError("--client needs --socket-path (the frontend's socket)") }
         guard (1...128).contains(queues) else { throw ValidationError("--queues must be between 1 and 128, not \(queues)") }
         guard (0...1_000_000).contains(busyPoll) else { throw ValidationError("--busy-poll must be between 0 and 1000000 microseconds, not \(busyPoll)") }
-        guard (0...100_000).contains(txPoll) else { throw ValidationError("--tx-poll must be between 0 and 100000 microseconds, not \(txPoll)") }
-        guard (0...100_000).contains(rxCoalesceUsecs) else {
-            throw ValidationError("--rx-coalesce-usecs must be between 0 and 100000 microseconds, not \(rxCoalesceUsecs)")
-        }
-        guard (0...100_000).contains(txCoalesceUsecs) else {
-            throw ValidationError("--tx-coalesce-usecs must be between 0 and 100000 microseconds, not \(txCoalesceUsecs)")
+        for (flag, setting) in [("--tx-poll", txPoll), ("--rx-coalesce-usecs", rxCoalesceUsecs), ("--tx-coalesce-usecs", txCoalesceUsecs)] {
+            if case .microseconds(let value) = setting, !HoldSetting.range.contains(value) {
+                throw ValidationError("\(flag) must be auto or between 0 and \(HoldSetting.range.upperBound) microseconds, not \(value)")
+            }
         }
         if let mtu, !(68...65535).contains(mtu) { throw ValidationError("--mtu must be between 68 and 65535, not \(mtu)") }
         if let mac, MACAddress.parse(mac) == nil { throw ValidationError("--mac '\(mac)' is not six hex bytes separated by ':'") }
@@ -236,11 +234,43 @@ public struct TapwireCommand: ParsableCommand {
             case .failure(let e): throw ValidationError("\(e)")
             }
             return NetDeviceConfig(queuePairs: queues, offloads: offered, mac: mac.flatMap(MACAddress.parse), mtu: mtu,
-                                   txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll, busyPollMicroseconds: busyPoll,
-                                   interruptModeration: InterruptModeration(receiveHoldoffMicroseconds: rxCoalesceUsecs,
-                                                                            transmitHoldoffMicroseconds: txCoalesceUsecs),
+                                   txLimits: tx, rxLimits: rx, transmitPollMicroseconds: txPoll.fixedMicroseconds, busyPollMicroseconds: busyPoll,
+                                   interruptModeration: InterruptModeration(
+                                       receiveHoldoffMicroseconds: rxCoalesceUsecs.fixedMicroseconds ?? HoldSetting.autoCoalesceMicroseconds,
+                                       transmitHoldoffMicroseconds: txCoalesceUsecs.fixedMicroseconds ?? HoldSetting.autoCoalesceMicroseconds),
                                    portPolicy: try portPolicy())
         }
+    }
+}
+
+/// `--tx-poll`, `--rx-coalesce-usecs`, `--tx-coalesce-usecs`: `auto` (the default) or a fixed
+/// number of microseconds (0: off).
+enum HoldSetting: ExpressibleByArgument, Equatable {
+    case auto
+    case microseconds(Int)
+
+    static let range = 0...100_000
+    /// What `auto` means for the interrupt holds: they are adaptive already (receive holds
+    /// only at a bulk rate, transmit only rides on receive interrupts that flow anyway).
+    static let autoCoalesceMicroseconds = 300
+
+    init?(argument: String) {
+        if argument == "auto" { self = .auto; return }
+        guard let value = Int(argument) else { return nil }
+        self = .microseconds(value)
+    }
+
+    var defaultValueDescription: String {
+        switch self {
+        case .auto: "auto"
+        case .microseconds(let value): "\(value)"
+        }
+    }
+
+    /// nil for auto.
+    var fixedMicroseconds: Int? {
+        if case .microseconds(let value) = self { return value }
+        return nil
     }
 }
 

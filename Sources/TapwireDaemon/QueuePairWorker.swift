@@ -47,8 +47,8 @@ final class QueuePairWorker: @unchecked Sendable {
     private var anyNeedsService = false
     private var running = true
     private let finished = DispatchSemaphore(value: 0)
-    /// After a transmit burst, look again this much later before asking for kicks (0: never).
-    private var transmitPollNanoseconds: UInt64 { UInt64(device.config.transmitPollMicroseconds) * 1000 }
+    /// Whether kicks stay off after a transmit burst, and how long until the next look.
+    private var transmitPoll: TransmitPollPolicy
     /// `--busy-poll`: how long to keep polling after the last frame moved (0: never poll).
     private var busyPollNanoseconds: UInt64 { UInt64(device.config.busyPollMicroseconds) * 1000 }
 
@@ -56,6 +56,7 @@ final class QueuePairWorker: @unchecked Sendable {
         self.pair = pair
         self.device = device
         self.logger = logger
+        transmitPoll = device.config.transmitPollPolicy
         epoll = try Epoll()
         mailbox = try LoopMailbox()
         timers = [try TimerFD.make(), try TimerFD.make()]
@@ -146,7 +147,7 @@ final class QueuePairWorker: @unchecked Sendable {
         pollUntil = 0
         let moved = framesMoved
         let now = monotonicNanoseconds()
-        handle(slot: 1, device.serviceTransmit(pair: pair, now: now, holdKicks: false))
+        handle(slot: 1, serviceTransmit(now: now, holdKicks: false))
         if framesMoved != moved { pollUntil = now &+ busyPollNanoseconds }
     }
 
@@ -185,12 +186,25 @@ final class QueuePairWorker: @unchecked Sendable {
         anyNeedsService = false
         let now = monotonicNanoseconds()
         // Busy polling keeps transmit kicks off: the ring is looked at anyway.
-        let holdKicks = transmitPollNanoseconds > 0 || busyPollNanoseconds > 0
+        let holdKicks = transmitPoll.pollNanoseconds > 0 || busyPollNanoseconds > 0
         for slot in 0..<2 where needsService[slot] {
             needsService[slot] = false
             handle(slot: slot, slot == 0 ? device.serviceReceive(pair: pair, now: now)
-                                         : device.serviceTransmit(pair: pair, now: now, holdKicks: holdKicks))
+                                         : serviceTransmit(now: now, holdKicks: holdKicks))
         }
+    }
+
+    /// One transmit service, told by the poll policy whether kicks may stay off after it, and
+    /// telling the policy what it moved.
+    @inline(__always)
+    private func serviceTransmit(now: UInt64, holdKicks: Bool) -> ServiceOutcome {
+        let stats = device.queues[queueIndex(1)].stats
+        let before = stats.frames
+        // Busy polling holds after any frame; otherwise the policy says from how many.
+        let holdFrom = busyPollNanoseconds > 0 ? 1 : transmitPoll.holdKicksFrom(now: now)
+        let outcome = device.serviceTransmit(pair: pair, now: now, holdKicks: holdKicks, holdKicksFrom: holdFrom)
+        transmitPoll.record(frames: Int(truncatingIfNeeded: stats.frames &- before), now: now)
+        return outcome
     }
 
     private func handle(slot: Int, _ outcome: ServiceOutcome) {
@@ -199,7 +213,7 @@ final class QueuePairWorker: @unchecked Sendable {
             break
         case .drained:
             // Kicks are off: come back by timer, unless polling brings us back anyway.
-            if pollUntil == 0 { TimerFD.arm(timers[1].raw, afterNanoseconds: max(transmitPollNanoseconds, 1000)) }
+            if pollUntil == 0 { TimerFD.arm(timers[1].raw, afterNanoseconds: max(transmitPoll.pollNanoseconds, 1000)) }
         case .moreWork:
             mark(slot)
         case .needBuffers:

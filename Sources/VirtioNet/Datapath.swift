@@ -42,7 +42,9 @@ extension NetDevice {
     /// Drains the guest's transmit ring into the TAP, iovecs straight into guest memory: with
     /// io_uring, up to `transmitBatchLimit` frames per syscall; without it, one writev per
     /// chain. Used entries are published and the guest signalled once per batch.
-    public func serviceTransmit(pair: Int, now: UInt64, holdKicks: Bool = false) -> ServiceOutcome {
+    /// With `holdKicks`, a service that moved at least `holdKicksFrom` frames and emptied the
+    /// ring leaves kicks off and returns `.drained` (see `TransmitPollPolicy`).
+    public func serviceTransmit(pair: Int, now: UInt64, holdKicks: Bool = false, holdKicksFrom: Int = 1) -> ServiceOutcome {
         let queue = queues[2 * pair + 1]
         guard let ring = queue.ring, queue.fault == nil else { return .idle }
         let tapFD = tap?.queues[pair].raw ?? -1
@@ -69,7 +71,7 @@ extension NetDevice {
                 }
                 if batched == 0 { vectors.removeAll() }
                 guard let chain = try ring.popChain(into: vectors, writable: false, maxBytes: maxTransmitChainBytes) else {
-                    if holdKicks && frames > 0 {
+                    if holdKicks && frames > 0 && frames >= holdKicksFrom {
                         ring.disableKicks()
                         outcome = .drained
                         break
