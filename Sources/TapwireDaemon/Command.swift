@@ -252,7 +252,7 @@ enum HoldSetting: ExpressibleByArgument, Equatable {
     static let range = 0...100_000
     /// What `auto` means for the interrupt holds: they are adaptive already (receive holds
     /// only at a bulk rate, transmit only rides on receive interrupts that flow anyway).
-    static let autoCoalesceMicroseconds = 300
+    static let autoCoalesceMicroseconds = NetDeviceConfig.defaultHoldoffMicroseconds
 
     init?(argument: String) {
         if argument == "auto" { self = .auto; return }

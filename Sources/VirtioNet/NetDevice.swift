@@ -33,7 +33,10 @@ public struct NetDeviceConfig: Sendable {
     /// What the guest may send and receive (nil: port security off, every frame passes).
     public var portPolicy: PortPolicy?
 
-    public static let defaultInterruptModeration = InterruptModeration(receiveHoldoffMicroseconds: 300, transmitHoldoffMicroseconds: 300)
+    /// Both interrupt holdoffs by default (chosen on this 2-core TCG machine, see README).
+    public static let defaultHoldoffMicroseconds = 300
+    public static let defaultInterruptModeration = InterruptModeration(receiveHoldoffMicroseconds: defaultHoldoffMicroseconds,
+                                                                       transmitHoldoffMicroseconds: defaultHoldoffMicroseconds)
 
     public init(queuePairs: Int = 1, offloads: Offload? = nil, mac: [UInt8]? = nil, mtu: Int? = nil,
                 txLimits: DirectionLimits = DirectionLimits(), rxLimits: DirectionLimits = DirectionLimits(),
