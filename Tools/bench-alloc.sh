@@ -95,7 +95,7 @@ row() { awk -F'\t' -v t="$1" '$1 == t' <<<"$summary"; }
 
 baseline="baseline: empty measured region"
 control="control: one allocation"
-hot_paths=("guest transmit to sink" "guest transmit to TAP in io-uring mode" "guest transmit to TAP in writev mode"
+hot_paths=("guest transmit to sink" "guest transmit to sink with port security" "guest transmit to TAP in io-uring mode" "guest transmit to TAP in writev mode"
     "host to guest from TAP in io-uring mode" "host to guest in io-uring batches (no guest GSO)"
     "host to guest from TAP in writev mode"
     "guest transmit to TAP in io-uring mode with port security" "host to guest in io-uring batches with port security")

@@ -95,7 +95,10 @@ struct HeaderBytes {
 
 /// A `PortPolicy` ready for the packet path: it reads a frame's headers where they lie and
 /// says whether the frame may pass, without allocating.
-public struct PortFilter: Sendable {
+///
+/// A class: the datapath holds one reference per service call, and a frame's check passes
+/// that reference instead of copying the prefix table.
+public final class PortFilter: Sendable {
     public let policy: PortPolicy
     private let mac: UInt64
     private let linkLocal: (high: UInt64, low: UInt64)

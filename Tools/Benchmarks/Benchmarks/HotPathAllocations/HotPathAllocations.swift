@@ -56,6 +56,7 @@ let benchmarks: @Sendable () -> Void = {
     // The TAP in both of the daemon's modes: io-uring (its default, --tap-io auto, where the
     // kernel allows it) and writev (the fallback: one writev/readv per frame).
     registerTransmit(name: "guest transmit to sink", to: .sink)
+    registerTransmit(name: "guest transmit to sink with port security", to: .sink, portSecurity: true)
     registerTransmit(name: "guest transmit to TAP in io-uring mode", to: .tap(name: "twalloc-tx-ring", ioUring: true))
     registerTransmit(name: "guest transmit to TAP in writev mode", to: .tap(name: "twalloc-tx", ioUring: false))
     registerTransmit(name: "guest transmit to TAP in io-uring mode with port security", to: .tap(name: "twalloc-tx-ps", ioUring: true),
