@@ -49,13 +49,7 @@ boot() {
         --out "$results/run-$label" >"$log" 2>&1 &
     pid=$!
     E2E_PID=$pid
-    for ((i = 0; i < 180; i++)); do
-        ns=$(sed -n 's/.*holding guest and backend .*(netns \([^,]*\),.*/\1/p' "$log")
-        [[ -n $ns ]] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; tw_die "e2e.sh exited before the guest was up ($label)"; }
-        sleep 1
-    done
-    [[ -n $ns ]] || { kill "$pid"; tw_die "guest not up after 180 s ($label)"; }
+    ns=$(tw_wait_held_guest "$log" "$pid" "$label")
     for ((i = 0; i < RUNS; i++)); do
         ip netns exec "$ns" iperf3 -c "$TW_GUEST_IP" -t "$TIME" --json "${REVERSE[@]}" |
             jq -r '.end.sum_received.bits_per_second / 1e9' | tee -a "$results/$label" | sed "s/^/  $label: /; s/\$/ Gbit\/s/"

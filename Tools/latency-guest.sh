@@ -51,13 +51,7 @@ boot() {
     "$TW_REPO_ROOT/Tools/e2e.sh" "${args[@]}" --qemu "$QEMU" --time 1 --hold 3600 --out "$results/run-$label" >"$log" 2>&1 &
     pid=$!
     E2E_PID=$pid
-    for ((i = 0; i < 180; i++)); do
-        ns=$(sed -n 's/.*holding guest and backend .*(netns \([^,]*\),.*/\1/p' "$log")
-        [[ -n $ns ]] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; tw_die "e2e.sh exited before the guest was up ($label)"; }
-        sleep 1
-    done
-    [[ -n $ns ]] || { kill "$pid"; tw_die "guest not up after 180 s ($label)"; }
+    ns=$(tw_wait_held_guest "$log" "$pid" "$label")
     for ((i = 0; i < RUNS; i++)); do
         # rtt min/avg/max/mdev = 0.041/0.071/0.512/0.020 ms
         ip netns exec "$ns" ping -f -q -c "$COUNT" "$TW_GUEST_IP" | sed -n 's|^rtt [^=]*= [^/]*/\([^/]*\)/.*|\1|p' |

@@ -484,3 +484,17 @@ tw_stop_daemon() {
     tw_warn "pid $pid ignored SIGTERM for ${grace}s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
 }
+
+# tw_wait_held_guest LOG PID LABEL: waits (up to 180 s) until the `Tools/e2e.sh --hold` run
+# PID, logging to LOG, holds its guest; prints the guest's network namespace.
+tw_wait_held_guest() {
+    local log=$1 pid=$2 label=$3 ns= i
+    for ((i = 0; i < 180; i++)); do
+        ns=$(sed -n 's/.*holding guest and backend .*(netns \([^,]*\),.*/\1/p' "$log")
+        [[ -n $ns ]] && break
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; tw_die "e2e.sh exited before the guest was up ($label)"; }
+        sleep 1
+    done
+    [[ -n $ns ]] || { kill "$pid"; tw_die "guest not up after 180 s ($label)"; }
+    echo "$ns"
+}
