@@ -38,7 +38,7 @@ test: deps
 	@echo "== no allocation on the packet path (malloc counts per frame, steady state)"
 	@$(MAKE) --no-print-directory bench-alloc
 	@$(MAKE) --no-print-directory release
-	@echo "== the frontend matrix: QEMU 7.2 and 10.0 guests, multiqueue and hot-plug, libvirt 11.3, DPDK virtio-user, live migration"
+	@echo "== the frontend matrix: QEMU 7.2 and 10.0 guests, multiqueue and hot-plug, libvirt 11.3, DPDK virtio-user, live migration, tenant isolation"
 	Tools/frontend-matrix.sh --tapwire $(RELEASE_BIN) --markdown .build/tested-with.md
 	@echo "== operator checks: CapEff, tapwirectl, API errors, unprivileged run"
 	Tools/control-check.sh
