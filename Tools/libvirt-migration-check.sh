@@ -119,8 +119,7 @@ Q10_DATADIR=$TW_QEMU10_PREFIX/usr/share/qemu
 
 GUEST_DIR=$(tw_guest_dir)
 "$TW_REPO_ROOT/Tools/guest-image.sh" "$GUEST_DIR" >&2
-zcat "$GUEST_DIR/initramfs.cpio.gz" | cpio -t --quiet 2>/dev/null | grep -qx etc/tapwire/mig-guest.sh ||
-    tw_die "the guest image lacks /etc/tapwire/mig-guest.sh (Tools/guest-image.sh --force $GUEST_DIR)"
+tw_require_guest_files "$GUEST_DIR" mig-guest.sh
 
 T0=$(tw_now)
 tw_install_traps

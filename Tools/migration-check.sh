@@ -218,8 +218,7 @@ tw_qemu_select 10
 
 T0=$(tw_now)
 "$TW_REPO_ROOT/Tools/guest-image.sh" "$GUEST_DIR" >&2
-zcat "$GUEST_DIR/initramfs.cpio.gz" | cpio -t --quiet 2>/dev/null | grep -qx etc/tapwire/mig-guest.sh ||
-    tw_die "the guest image lacks /etc/tapwire/mig-guest.sh (Tools/guest-image.sh --force $GUEST_DIR)"
+tw_require_guest_files "$GUEST_DIR" mig-guest.sh
 
 RUN_DIR=${RUN_DIR:-/var/tmp/tapwire-migration/$(date +%Y%m%d-%H%M%S)-$MODE-$BACKEND-$$}
 mkdir -p "$RUN_DIR"

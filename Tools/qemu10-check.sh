@@ -83,10 +83,7 @@ QEMU_SHORT=$(echo "$QEMU_VERSION" | cut -d. -f1,2)
 
 T0=$(tw_now)
 "$TW_REPO_ROOT/Tools/guest-image.sh" "$GUEST_DIR" >&2
-for f in agent.sh nic-watch.sh channels-flap.sh mem-online.sh; do
-    zcat "$GUEST_DIR/initramfs.cpio.gz" | cpio -t --quiet 2>/dev/null | grep -qx "etc/tapwire/$f" ||
-        tw_die "the guest image lacks /etc/tapwire/$f (Tools/guest-image.sh --force $GUEST_DIR)"
-done
+tw_require_guest_files "$GUEST_DIR" agent.sh nic-watch.sh channels-flap.sh mem-online.sh
 
 RUN_DIR=${RUN_DIR:-/var/tmp/tapwire-qemu10/$(date +%Y%m%d-%H%M%S)-$$}
 mkdir -p "$RUN_DIR"

@@ -498,3 +498,17 @@ tw_wait_held_guest() {
     [[ -n $ns ]] || { kill "$pid"; tw_die "guest not up after 180 s ($label)"; }
     echo "$ns"
 }
+
+# tw_require_guest_files DIR FILE...: dies unless the guest image in DIR has each
+# /etc/tapwire/FILE. The listing is read whole first: `grep -q` ending a zcat | cpio pipeline
+# early would kill them with SIGPIPE, which pipefail reports as a failure.
+tw_require_guest_files() {
+    local dir=$1 listing f
+    shift
+    listing=$(zcat "$dir/initramfs.cpio.gz" | cpio -t --quiet 2>/dev/null) ||
+        tw_die "cannot list the guest image $dir/initramfs.cpio.gz (Tools/guest-image.sh --force $dir)"
+    for f in "$@"; do
+        grep -qx "etc/tapwire/$f" <<<"$listing" ||
+            tw_die "the guest image lacks /etc/tapwire/$f (Tools/guest-image.sh --force $dir)"
+    done
+}
