@@ -65,8 +65,7 @@ struct Daemon {
         if port.enabledVLANFiltering { logger.notice("turned VLAN filtering on for bridge \(bridge) (its other ports stay on their VLANs, by default 1)") }
         var details = [String]()
         if let vlan = port.vlan { details.append("access VLAN \(vlan)") }
-        if let mac = port.mac { details.append("static FDB \(MACAddress.format(mac))") }
-        if port.mac != nil { details.append("learning and unicast flood off") }
+        if let mac = port.mac { details += ["static FDB \(MACAddress.format(mac))", "learning and unicast flood off"] }
         let summary = details.isEmpty ? "" : " (\(details.joined(separator: ", ")))"
         if port.tapIsPersistent {
             logger.info("TAP \(tap.name) is a port of \(bridge)\(summary)")

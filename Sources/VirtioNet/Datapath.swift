@@ -440,7 +440,7 @@ extension NetDevice {
                     if !smallerChain { outcome = .needBuffers }
                     break
                 }
-                let read = readBatch(queue, ring, tapRing, count: count, frames: &frames, unpublishedBytes: &unpublishedBytes).read
+                let read = readBatch(queue, ring, tapRing, count: count, frames: &frames, unpublishedBytes: &unpublishedBytes)
                 // Grow the batch while the TAP fills it; shrink it to what came when it did not.
                 queue.receiveBatch = read == count ? min(count * 2, receiveBatchLimit) : max(read, 1)
                 if read < count {
@@ -465,9 +465,9 @@ extension NetDevice {
 
     /// Submits the `count` reads prepared in `tapRing` and returns the frames to the guest;
     /// chains left unfilled (the TAP ran dry, or port security refused the frame) go back to
-    /// the ring. Returns how many chains were filled and how many reads brought a frame.
+    /// the ring. Returns how many reads brought a frame (those filled and those refused).
     private func readBatch(_ queue: QueueState, _ ring: SplitQueue, _ tapRing: IOUring, count: Int, frames: inout Int,
-                           unpublishedBytes: inout Int) -> (filled: Int, read: Int) {
+                           unpublishedBytes: inout Int) -> Int {
         let slots = queue.pending
         let vectors = queue.vectors
         let portFilter = self.portFilter
@@ -478,7 +478,7 @@ extension NetDevice {
             tapRing.discardPrepared()
             ring.undoPop(UInt16(count))
             dropTapRing(pair: queue.pair)
-            return (0, 0)
+            return 0
         }
         var pending = count
         while pending > 0 {
@@ -540,7 +540,7 @@ extension NetDevice {
             queue.publishIfDue(&unpublishedBytes, adding: length, frames: frames)
         }
         if filled < count { ring.undoPop(UInt16(count - filled)) }
-        return (filled, filled + refused)
+        return filled + refused
     }
 
     /// When the pair's first held interrupt is due (monotonic ns; 0: none held).
