@@ -354,7 +354,7 @@ fi
 if ((JSON && SHOW_OFFLOADS)); then sed 's/^/  /' "$RUN_DIR/guest-ethtool-k.txt" >&2; fi
 
 if ((HOLD > 0)); then
-    tw_log "holding guest and backend for ${HOLD}s (netns $NS, guest $TW_GUEST_IP)"
+    tw_log "holding guest and backend for ${HOLD}s (netns $NS, guest $TW_GUEST_IP, qemu pid $QEMU_PID, backend pid ${BACKEND_PID:-none})"
     tw_interruptible sleep "$HOLD"
 fi
 

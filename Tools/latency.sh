@@ -69,21 +69,27 @@ for mode in sleep busy; do
     args=(--socket "$SOCK" --tap "$TAP" --count "$COUNT" --interval-us "$INTERVAL" --frame-size "$FRAME" --json "${EXTRA[@]}")
     [[ $mode == busy ]] && args+=(--busy-poll)
     out=$WORK/$mode.json
+    read -r cpu0 _ < <(tw_task_counters "$TAPWIRE_PID")
     if ! tw_interruptible "${NICE[@]}" taskset -c "$GUEST_CPU" ip netns exec "$NS" "$PERF" latency "${args[@]}" >"$out" 2>"$out.err"; then
         tw_tail_log "$out.err" 20 "tapwire-perf stderr"
         tw_tail_log "$WORK/tapwire.log" 20 "tapwire log"
         [[ -s $out ]] || tw_die "tapwire-perf latency ($mode) failed"
         tw_warn "round trips were lost ($mode): $(jq -r .lost "$out")"
     fi
-    rows+=("$(jq -r --arg m "$mode" '[$m, .round_trips, .lost, .min_us, .p50_us, .p90_us, .p99_us, .p99_9_us, .max_us, .mean_us] | @tsv' "$out")")
+    read -r cpu1 _ < <(tw_task_counters "$TAPWIRE_PID")
+    # Each round trip is two frames through tapwire: the guest's out to the TAP, the echo back in.
+    rows+=("$(jq -r --arg m "$mode" --argjson cpu $((cpu1 - cpu0)) \
+        '[$m, .round_trips, .lost, .min_us, .p50_us, .p90_us, .p99_us, .p99_9_us, .max_us, .mean_us,
+          (if $cpu > 0 then 2 * .round_trips / ($cpu / 1e9) / 1000 else 0 end)] | @tsv' "$out")")
 done
 
 echo
 echo "round trip guest -> tapwire -> $TAP -> echo -> tapwire -> guest, ${FRAME}-byte frames, interval ${INTERVAL} us (microseconds)"
-printf '%-6s %8s %5s %8s %8s %8s %8s %8s %9s %8s\n' mode trips lost min p50 p90 p99 p99.9 max mean
+printf '%-6s %8s %5s %8s %8s %8s %8s %8s %9s %8s %10s\n' mode trips lost min p50 p90 p99 p99.9 max mean kframes/s
 for row in "${rows[@]}"; do
     # shellcheck disable=SC2086 # the tab-separated fields become printf's arguments
-    printf '%-6s %8s %5s %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %8.1f\n' $row
+    printf '%-6s %8s %5s %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %8.1f %10.1f\n' $row
 done
-echo "(sleep: the tool's guest and echo block in poll() as a guest and a host would; busy: they spin; tapwire is event-driven in both)"
+echo "(sleep: the tool's guest and echo block in poll() as a guest and a host would; busy: they spin; tapwire is event-driven in both;"
+echo " kframes/s: thousands of frames per CPU-second of tapwire's threads)"
 echo "machine: $(nproc) cores, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"

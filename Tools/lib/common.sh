@@ -499,6 +499,17 @@ tw_wait_held_guest() {
     echo "$ns"
 }
 
+# tw_task_counters PID: "CPU_NS WAKEUPS WAIT_NS" summed over the process's threads: time on a
+# CPU and time runnable but waiting for one (schedstat fields 1 and 2), and voluntary context
+# switches (each is a thread that slept and was woken again). Exited threads are not counted.
+tw_task_counters() {
+    local sched wakeups cpu wait
+    sched=$(cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{ c += $1; w += $2 } END { printf "%.0f %.0f", c, w }')
+    wakeups=$(cat "/proc/$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ { s += $2 } END { printf "%.0f", s }')
+    read -r cpu wait <<<"${sched:-0 0}"
+    echo "${cpu:-0} ${wakeups:-0} ${wait:-0}"
+}
+
 # tw_require_guest_files DIR FILE...: dies unless the guest image in DIR has each
 # /etc/tapwire/FILE. The listing is read whole first: `grep -q` ending a zcat | cpio pipeline
 # early would kill them with SIGPIPE, which pipefail reports as a failure.
