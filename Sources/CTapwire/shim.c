@@ -13,6 +13,10 @@
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
 #include <arpa/inet.h>
+#include <sys/syscall.h>
+#include <sys/resource.h>
+#include <linux/sched.h>
+#include <linux/sched/types.h>
 
 _Static_assert(TW_IFF_TAP == IFF_TAP && TW_IFF_NO_PI == IFF_NO_PI && TW_IFF_VNET_HDR == IFF_VNET_HDR,
                "TAP flags match the kernel's");
@@ -45,6 +49,20 @@ int tw_tun_set_tx_filter(int fd, const unsigned char *mac) {
         memcpy(filter->addr[0], mac, ETH_ALEN);
     }
     return ioctl(fd, TUNSETTXFILTER, buffer);
+}
+
+int tw_sched_set_slice(unsigned long long nanoseconds) {
+    struct sched_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.size = sizeof attr;
+    attr.sched_policy = SCHED_NORMAL;
+    // sched_setattr sets the nice value too: keep the one the thread has.
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, 0);
+    if (nice == -1 && errno != 0) return -1;
+    attr.sched_nice = nice;
+    attr.sched_runtime = nanoseconds;
+    return (int)syscall(SYS_sched_setattr, 0, &attr, 0);
 }
 
 int tw_tun_set_queue(int fd, int flags) {

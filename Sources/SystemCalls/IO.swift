@@ -76,3 +76,15 @@ public enum MemFD {
         return seals >= 0 && seals & Int32(TW_F_SEAL_SHRINK) != 0
     }
 }
+
+/// The scheduler's treatment of tapwire's threads.
+public enum Scheduler {
+    /// Asks for a time slice of `microseconds` for the calling thread and the threads it
+    /// creates after (they inherit it). Under EEVDF (Linux 6.12+) a task with a shorter slice
+    /// gets an earlier deadline, so when it wakes it preempts a thread running a long slice,
+    /// such as a TCG vCPU, instead of waiting for it; older kernels ignore the request. The
+    /// kernel clamps it to 0.1–100 ms.
+    public static func requestSlice(microseconds: Int) throws(SystemError) {
+        _ = try retryingInterrupts("sched_setattr") { tw_sched_set_slice(UInt64(microseconds) * 1000) }
+    }
+}

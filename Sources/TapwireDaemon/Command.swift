@@ -11,6 +11,10 @@ import PortSecurity
 /// `tapwire`: one vhost-user net backend per VM. Follows the "Backend program conventions" of
 /// QEMU's vhost-user spec: --socket-path, --fd, --print-capabilities, no daemonizing.
 public struct TapwireCommand: ParsableCommand {
+    /// `--sched-slice-us`: the default, chosen with Tools/latency-guest.sh (a wake-up no
+    /// longer waits behind a TCG vCPU's 3 ms slice), and the range the kernel accepts.
+    static let defaultSchedulerSliceMicroseconds = 100
+    static let schedulerSliceRange = 100...100_000
     public static let configuration = CommandConfiguration(
         commandName: "tapwire",
         abstract: "A vhost-user virtio-net backend that moves a VM's frames to a host TAP device.",
@@ -86,6 +90,9 @@ public struct TapwireCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Let a transmit-completion interrupt wait up to this many microseconds for the next receive interrupt, which carries it, while receive interrupts flow (0: interrupt at once; auto: \(HoldSetting.autoCoalesceMicroseconds)).", valueName: "microseconds|auto"))
     var txCoalesceUsecs: HoldSetting = .auto
 
+    @Option(name: .long, help: ArgumentHelp("Ask the kernel's scheduler for time slices this short for tapwire's threads, so that a wake-up for a frame preempts a busy thread (such as a TCG vCPU) instead of waiting for its slice to end (EEVDF, Linux 6.12+; older kernels ignore it; 0: the kernel's default).", valueName: "microseconds"))
+    var schedSliceUs: Int = TapwireCommand.defaultSchedulerSliceMicroseconds
+
     @Option(name: .long, help: "How frames go to and from the TAP: io-uring (a batch of frames per syscall), writev (one readv/writev per frame), or auto (io-uring where the kernel allows it).")
     var tapIo: TapIOMode = .auto
 
@@ -129,6 +136,9 @@ public struct TapwireCommand: ParsableCommand {
         }
         if client && socketPath == nil { throw ValidationError("--client needs --socket-path (the frontend's socket)") }
         guard (1...128).contains(queues) else { throw ValidationError("--queues must be between 1 and 128, not \(queues)") }
+        guard schedSliceUs == 0 || TapwireCommand.schedulerSliceRange.contains(schedSliceUs) else {
+            throw ValidationError("--sched-slice-us must be 0 or between \(TapwireCommand.schedulerSliceRange.lowerBound) and \(TapwireCommand.schedulerSliceRange.upperBound) microseconds, not \(schedSliceUs)")
+        }
         guard (0...1_000_000).contains(busyPoll) else { throw ValidationError("--busy-poll must be between 0 and 1000000 microseconds, not \(busyPoll)") }
         for (flag, setting) in [("--tx-poll", txPoll), ("--rx-coalesce-usecs", rxCoalesceUsecs), ("--tx-coalesce-usecs", txCoalesceUsecs)] {
             if case .microseconds(let value) = setting, !HoldSetting.range.contains(value) {

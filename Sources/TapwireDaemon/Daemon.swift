@@ -12,6 +12,7 @@ struct Daemon {
 
     func run() throws {
         let config = try command.deviceConfig
+        requestSchedulerSlice()
         var tap: Tap?
         if !command.sink, let name = command.tap {
             let opened = try Tap(name: name, queueCount: config.queuePairs)
@@ -75,6 +76,17 @@ struct Daemon {
         }
         if mac == nil {
             logger.notice("no --mac: learning and unicast flood left as they are on port \(tap.name), so unknown unicast for other MACs on \(bridge) still reaches this guest")
+        }
+    }
+
+    /// `--sched-slice-us`: first, so that every thread tapwire starts inherits it.
+    private func requestSchedulerSlice() {
+        guard command.schedSliceUs > 0 else { return }
+        do {
+            try Scheduler.requestSlice(microseconds: command.schedSliceUs)
+            logger.info("scheduler slice \(command.schedSliceUs) µs requested (EEVDF kernels, Linux 6.12+, honour it)")
+        } catch {
+            logger.notice("--sched-slice-us \(command.schedSliceUs): \(error); the kernel's default slice stays")
         }
     }
 

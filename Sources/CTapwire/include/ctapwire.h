@@ -47,6 +47,9 @@ int tw_tun_set_queue(int fd, int flags);
 /// TUNSETTXFILTER: the kernel then queues for this TAP's reader only unicast for `mac` (6
 /// bytes) and all multicast and broadcast; NULL lets everything through again.
 int tw_tun_set_tx_filter(int fd, const unsigned char *mac);
+/// sched_setattr(2) on the calling thread: SCHED_OTHER at its current nice value, with a
+/// custom time slice of `nanoseconds` (EEVDF, Linux 6.12+). 0 or -1 with errno.
+int tw_sched_set_slice(unsigned long long nanoseconds);
 /// SIOCGIFFLAGS/SIOCSIFFLAGS on an AF_INET datagram socket: brings `name` up.
 int tw_if_set_up(const char *name, int up);
 /// SIOCGIFMTU; -1 on error.
