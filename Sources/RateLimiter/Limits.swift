@@ -47,13 +47,6 @@ extension BucketConfig: Codable {
         refillTimeNanoseconds = try c.decode(UInt64.self, forKey: .refillTimeNanoseconds)
         oneTimeBurst = try c.decodeIfPresent(UInt64.self, forKey: .oneTimeBurst) ?? 0
     }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(size, forKey: .size)
-        try c.encode(refillTimeNanoseconds, forKey: .refillTimeNanoseconds)
-        try c.encode(oneTimeBurst, forKey: .oneTimeBurst)
-    }
 }
 
 /// The limits for one direction (guest transmit or guest receive). `nil` = no limit.
@@ -84,12 +77,6 @@ extension DirectionLimits: Codable {
     public init(from decoder: any Decoder) throws {
         self = try DirectionUpdate(limitFieldsFrom: decoder).applied(to: .unlimited)
     }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encodeIfPresent(bandwidth, forKey: .bandwidth)
-        try c.encodeIfPresent(ops, forKey: .ops)
-    }
 }
 
 /// Both directions of one VM: JSON `{"tx": {...}, "rx": {...}}` (either may be omitted).
@@ -112,12 +99,6 @@ public struct RateLimits: Sendable, Equatable, Hashable, Codable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         tx = try c.decodeIfPresent(DirectionLimits.self, forKey: .tx) ?? .unlimited
         rx = try c.decodeIfPresent(DirectionLimits.self, forKey: .rx) ?? .unlimited
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(tx, forKey: .tx)
-        try c.encode(rx, forKey: .rx)
     }
 }
 
@@ -243,6 +224,8 @@ func corrupted(_ path: [any CodingKey], _ description: String, _ underlying: (an
 }
 
 extension LimitUpdate: Codable {
+    enum CodingKeys: String, CodingKey { case tx, rx }
+
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, allowed: ["tx", "rx"], expected: "expected \"tx\" and/or \"rx\"")
         let c = try decoder.container(keyedBy: JSONKey.self)
@@ -265,12 +248,6 @@ extension LimitUpdate: Codable {
         } catch DecodingError.typeMismatch(_, let context) where context.codingPath.count == c.codingPath.count + 1 {
             throw corrupted(c.codingPath + [key], expected)
         }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: JSONKey.self)
-        try c.encodeIfPresent(tx, forKey: JSONKey("tx"))
-        try c.encodeIfPresent(rx, forKey: JSONKey("rx"))
     }
 }
 
@@ -358,17 +335,8 @@ extension DirectionUpdate: Codable {
             throw corrupted(c.codingPath + [offending], "\"\(offending.stringValue)\" needs \"\(rateKey.stringValue)\"")
         }
         do {
-            if isBandwidth {
-                return .set(try LimitParser.bandwidth(rate: rate, burst: burst, oneTimeBurst: oneTime,
-                                                      rateField: rateKey.stringValue,
-                                                      burstField: burstKey.stringValue,
-                                                      oneTimeBurstField: oneTimeKey.stringValue))
-            } else {
-                return .set(try LimitParser.ops(rate: rate, burst: burst, oneTimeBurst: oneTime,
-                                                rateField: rateKey.stringValue,
-                                                burstField: burstKey.stringValue,
-                                                oneTimeBurstField: oneTimeKey.stringValue))
-            }
+            return .set(isBandwidth ? try LimitParser.bandwidth(rate: rate, burst: burst, oneTimeBurst: oneTime)
+                                    : try LimitParser.ops(rate: rate, burst: burst, oneTimeBurst: oneTime))
         } catch {
             throw corrupted(c.codingPath + [JSONKey(error.flag)], error.description, error)
         }
