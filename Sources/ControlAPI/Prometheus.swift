@@ -53,7 +53,7 @@ public enum PrometheusRenderer {
         }
         perQueue("tapwire_throttled_events_total", .counter, "Times the rate limiter made a virtqueue wait.") { String($0.throttledEvents) }
         perQueue("tapwire_throttled_seconds_total", .counter, "Time virtqueues spent waiting on the rate limiter.") {
-            Exposition.seconds(nanoseconds: $0.throttledNanoseconds)
+            LimitFormatter.decimal(UInt128($0.throttledNanoseconds), scale: 9)
         }
 
         out.family("tapwire_drops_total", .counter, "Frames dropped, by reason.")
@@ -123,16 +123,6 @@ struct Exposition {
             }
         }
         return out
-    }
-
-    /// Nanoseconds as exact decimal seconds: 1500000000 -> "1.5".
-    static func seconds(nanoseconds: UInt64) -> String {
-        let whole = nanoseconds / 1_000_000_000, fraction = nanoseconds % 1_000_000_000
-        guard fraction > 0 else { return String(whole) }
-        var digits = String(fraction)
-        digits = String(repeating: "0", count: 9 - digits.count) + digits
-        while digits.last == "0" { digits.removeLast() }
-        return "\(whole).\(digits)"
     }
 
     /// Integers without a fraction; NaN and infinities as Prometheus spells them.
