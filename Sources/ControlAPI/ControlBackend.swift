@@ -47,8 +47,6 @@ public struct ControlAPIError: Error, Sendable, Equatable, CustomStringConvertib
     public static func badRequest(_ message: String) -> ControlAPIError { .init(status: 400, message: message) }
     /// 409: not possible in the current state.
     public static func conflict(_ message: String) -> ControlAPIError { .init(status: 409, message: message) }
-    /// 503: the daemon cannot answer right now.
-    public static func unavailable(_ message: String) -> ControlAPIError { .init(status: 503, message: message) }
 
     public var description: String { message }
 }

@@ -92,18 +92,14 @@ struct Exposition {
     }
 
     mutating func sample(_ name: String, _ labels: [(String, String)], _ value: UInt64) {
-        line(name, labels, String(value))
+        sample(name, labels, text: String(value))
     }
 
     mutating func sample(_ name: String, _ labels: [(String, String)], _ value: Double) {
-        line(name, labels, Self.format(value))
+        sample(name, labels, text: Self.format(value))
     }
 
     mutating func sample(_ name: String, _ labels: [(String, String)], text value: String) {
-        line(name, labels, value)
-    }
-
-    private mutating func line(_ name: String, _ labels: [(String, String)], _ value: String) {
         text += name
         if !labels.isEmpty {
             text += "{" + labels.map { "\($0.0)=\"\(Self.escape($0.1))\"" }.joined(separator: ",") + "}"
