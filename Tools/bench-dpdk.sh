@@ -47,8 +47,10 @@
 #                            [--scrape-ms N] [--port-security] [--repeat N]
 # --tapwire-args adds options to every tapwire run, e.g. "--tap-io writev" to measure the
 # one-writev-per-frame path instead of io_uring batches.
-# --scrape-ms N: during the tapwire rows' window, GET /metrics on its --api-socket every N ms
-# (as a Prometheus would), and report how many scrapes were answered.
+# --scrape-ms N: the cost of being scraped (issue #18). Each row runs tapwire twice, in turn,
+#   instead of tapwire and DPDK: "tapwire" alone and "tw+scr" with GET /metrics on its
+#   --api-socket every N ms during the window (as a Prometheus would); the report gives both
+#   rates, their ratio and how many scrapes were answered. --repeat N (default 3) as above.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -96,9 +98,10 @@ while (($#)); do
     esac
 done
 
-[[ -n $REPEAT ]] || REPEAT=$((PORT_SECURITY ? 3 : 1))
+((!PORT_SECURITY || !SCRAPE_MS)) || tw_die "--port-security and --scrape-ms are separate comparisons: give one"
+[[ -n $REPEAT ]] || REPEAT=$((PORT_SECURITY || SCRAPE_MS ? 3 : 1))
 ((REPEAT >= 1)) || tw_die "--repeat must be at least 1"
-if ((PORT_SECURITY)); then KINDS=(tapwire tw+ps); else KINDS=(tapwire dpdk); fi
+if ((PORT_SECURITY)); then KINDS=(tapwire tw+ps); elif ((SCRAPE_MS)); then KINDS=(tapwire tw+scr); else KINDS=(tapwire dpdk); fi
 tw_require_root
 (($(nproc) >= 2)) || tw_die "needs 2 cores: DPDK's frontend and backend both busy-poll (on one core they share it and measure nothing)"
 tw_ensure_packages dpdk-testpmd:dpdk-dev ip:iproute2 jq:jq curl:curl taskset:util-linux stdbuf:coreutils awk:gawk
@@ -143,7 +146,7 @@ stop_all() {
 }
 tw_at_exit stop_all
 
-is_tapwire() { [[ $1 == tapwire || $1 == tw+ps ]]; }
+is_tapwire() { [[ $1 == tapwire || $1 == tw+ps || $1 == tw+scr ]]; }
 
 # start_backend KIND MODE LOG: KIND tapwire|tw+ps|dpdk, MODE tap|sink.
 start_backend() {
@@ -301,7 +304,7 @@ measure() {
     c0=$(cpu_ticks "$BACKEND_PID") w0=$(run_delay_ns "$BACKEND_PID") tap0=$(tap_counters)
     is_tapwire "$kind" && [[ $row == c ]] && k0=$(tapwire_tx_frames)
     local scrapes=$WORK/$row-$kind-scrapes
-    is_tapwire "$kind" && ((SCRAPE_MS > 0)) && start_scraper "$scrapes"
+    [[ $kind == tw+scr ]] && start_scraper "$scrapes"
     sleep "$WINDOW"
     m1=$(testpmd_mark "$log_fe") || tw_die "row $row/$kind: the frontend stopped printing statistics"
     stop_scraper
@@ -422,6 +425,28 @@ if ((PORT_SECURITY)); then
         echo "port security at 64 B, row ($row): ${extra}% CPU per frame ($verdict the 5% target)"
     done
     echo "machine: $(nproc) cores, kernel $(uname -r), DPDK $(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null || echo '?'); other work before the run: ${BACKGROUND}% of the CPUs busy; load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); took $(tw_elapsed "$STARTED") s"
+    exit 0
+fi
+
+if ((SCRAPE_MS)); then
+    echo
+    echo "a /metrics scrape every ${SCRAPE_MS} ms: tapwire without (tw) and with it (tw+scr), same testpmd frontend"
+    echo "${WINDOW}s window after ${WARMUP}s warm-up, medians of $REPEAT alternating runs"
+    printf '%-36s %9s %9s %9s | %8s %8s\n' row "tw Mpps" "scr Mpps" "scr/tw" "tw CPU" "scr CPU"
+    for ((i = 0; i < ${#ROWS}; i++)); do
+        row=${ROWS:i:1}
+        t=tapwire s=tw+scr
+        printf '%-36s %9s %9s %9s | %8s %8s\n' "${TITLE[$row]}" "$(mpps "${RES[$row.$t.rate]}")" "$(mpps "${RES[$row.$s.rate]}")" \
+            "$(ratio "${RES[$row.$s.rate]}" "${RES[$row.$t.rate]}")" "${RES[$row.$t.cpu]}" "${RES[$row.$s.cpu]}"
+    done
+    echo
+    for ((i = 0; i < ${#ROWS}; i++)); do
+        row=${ROWS:i:1}
+        for kind in "${KINDS[@]}"; do
+            printf '  %s %-8s rates/s%s; last run: %s\n' "${TITLE[$row]%%,*}" "$kind:" "${RES[$row.$kind.rates]}" "${RES[$row.$kind.note]:-}"
+        done
+    done
+    echo "machine: $(nproc) cores, kernel $(uname -r); other work before the run: ${BACKGROUND}% of the CPUs busy; load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); took $(tw_elapsed "$STARTED") s"
     exit 0
 fi
 

@@ -10,6 +10,10 @@ public protocol ControlBackend: Sendable {
     func status() async -> VMStatus
     /// All counters at one instant.
     func metrics() async -> MetricsSnapshot
+    /// GET /metrics: the counters, and of the status what Prometheus shows (name, tap, mac,
+    /// socket path, state, queue pairs enabled, limits). The daemon reads atomics only, so a
+    /// scrape never waits for its loop; by default `status()` and `metrics()`.
+    func scrape() async -> (status: VMStatus, metrics: MetricsSnapshot)
     /// Applies `update` and returns the status with the limits now in force.
     /// `replace` is true for PUT (both directions fully replaced; anything not given
     /// becomes unlimited: see `LimitUpdate.applied(to:replace:)`) and false for PATCH
@@ -19,6 +23,13 @@ public protocol ControlBackend: Sendable {
     /// Applies `update` to the VM's port security (PUT: `replace`, PATCH: only what is given)
     /// and returns the policy now in force. Throws like `updateLimits`.
     func updatePortSecurity(_ update: PortSecurityUpdate, replace: Bool) async throws -> PortSecurityStatus
+}
+
+extension ControlBackend {
+    public func scrape() async -> (status: VMStatus, metrics: MetricsSnapshot) {
+        async let status = status()
+        return (await status, await metrics())
+    }
 }
 
 /// An error with an HTTP status, reported to the client as `{"error": message}`.
@@ -36,8 +47,6 @@ public struct ControlAPIError: Error, Sendable, Equatable, CustomStringConvertib
     public static func badRequest(_ message: String) -> ControlAPIError { .init(status: 400, message: message) }
     /// 409: not possible in the current state.
     public static func conflict(_ message: String) -> ControlAPIError { .init(status: 409, message: message) }
-    /// 503: the daemon cannot answer right now.
-    public static func unavailable(_ message: String) -> ControlAPIError { .init(status: 503, message: message) }
 
     public var description: String { message }
 }

@@ -83,9 +83,8 @@ struct ControlRouter: Sendable {
             return await update(PortSecurityUpdate.self, body: body, example: #"{"allowed_ips": ["10.0.0.5/32"]}"#,
                                 what: "port security") { try await backend.updatePortSecurity($0, replace: effective == .PUT) }
         case ("/metrics", _):
-            async let status = backend.status()
-            async let metrics = backend.metrics()
-            let text = PrometheusRenderer.render(status: await status, metrics: await metrics)
+            let (status, metrics) = await backend.scrape()
+            let text = PrometheusRenderer.render(status: status, metrics: metrics)
             return ControlResponse(status: .ok, contentType: PrometheusRenderer.contentType, body: Array(text.utf8))
         case ("/metrics.json", _):
             return .json(await backend.metrics())

@@ -14,14 +14,8 @@ import NIOPosix
 import RateLimiter
 import Synchronization
 
-/// Serves the control API (GET /vm, GET /metrics, GET /metrics.json, PUT|PATCH /vm/limits,
-/// GET /healthz) on a unix socket, with a one-thread event loop group of its own so it never
-/// runs on the packet threads.
-///
-///     let server = ControlServer(socketPath: "/run/tapwire/vm0.api", backend: daemon, logger: logger)
-///     try server.start()
-///     ...
-///     server.shutdown()
+/// Serves the control API (ControlRouter's endpoints) on a unix socket, with a one-thread
+/// event loop group of its own so it never runs on the packet threads.
 public final class ControlServer: Sendable {
     /// Request bodies larger than this get 413.
     public static let defaultMaxBodyBytes = 64 * 1024

@@ -53,7 +53,7 @@ public enum PrometheusRenderer {
         }
         perQueue("tapwire_throttled_events_total", .counter, "Times the rate limiter made a virtqueue wait.") { String($0.throttledEvents) }
         perQueue("tapwire_throttled_seconds_total", .counter, "Time virtqueues spent waiting on the rate limiter.") {
-            Exposition.seconds(nanoseconds: $0.throttledNanoseconds)
+            LimitFormatter.decimal(UInt128($0.throttledNanoseconds), scale: 9)
         }
 
         out.family("tapwire_drops_total", .counter, "Frames dropped, by reason.")
@@ -92,18 +92,14 @@ struct Exposition {
     }
 
     mutating func sample(_ name: String, _ labels: [(String, String)], _ value: UInt64) {
-        line(name, labels, String(value))
+        sample(name, labels, text: String(value))
     }
 
     mutating func sample(_ name: String, _ labels: [(String, String)], _ value: Double) {
-        line(name, labels, Self.format(value))
+        sample(name, labels, text: Self.format(value))
     }
 
     mutating func sample(_ name: String, _ labels: [(String, String)], text value: String) {
-        line(name, labels, value)
-    }
-
-    private mutating func line(_ name: String, _ labels: [(String, String)], _ value: String) {
         text += name
         if !labels.isEmpty {
             text += "{" + labels.map { "\($0.0)=\"\(Self.escape($0.1))\"" }.joined(separator: ",") + "}"
@@ -123,16 +119,6 @@ struct Exposition {
             }
         }
         return out
-    }
-
-    /// Nanoseconds as exact decimal seconds: 1500000000 -> "1.5".
-    static func seconds(nanoseconds: UInt64) -> String {
-        let whole = nanoseconds / 1_000_000_000, fraction = nanoseconds % 1_000_000_000
-        guard fraction > 0 else { return String(whole) }
-        var digits = String(fraction)
-        digits = String(repeating: "0", count: 9 - digits.count) + digits
-        while digits.last == "0" { digits.removeLast() }
-        return "\(whole).\(digits)"
     }
 
     /// Integers without a fraction; NaN and infinities as Prometheus spells them.

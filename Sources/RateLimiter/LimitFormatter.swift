@@ -53,11 +53,11 @@ public enum LimitFormatter {
             return "\(v / u.0) \(u.1)"
         }
         if let u = decimal.first(where: { v >= $0.0 }), v % (u.0 / 1000) == 0 {
-            return "\(fixed(thousandths: v / (u.0 / 1000))) \(u.1)"
+            return "\(Self.decimal(v / (u.0 / 1000), scale: 3)) \(u.1)"
         }
         if let u = binary.first(where: { v >= $0.0 }) {
             let hundredths = (v * 100 + u.0 / 2) / u.0
-            return "\(fixed(thousandths: hundredths * 10)) \(u.1)"
+            return "\(Self.decimal(hundredths, scale: 2)) \(u.1)"
         }
         return "\(n) B"
     }
@@ -71,21 +71,24 @@ public enum LimitFormatter {
     /// `value` rounded to at most `fractionDigits` decimals, without trailing zeros: 1.5, 100, 0.333.
     public static func number(_ value: Double, fractionDigits: Int) -> String {
         guard value.isFinite else { return value.isNaN ? "NaN" : (value < 0 ? "-Inf" : "Inf") }
+        let digits = max(0, min(fractionDigits, 9))
         var scale: Double = 1
-        for _ in 0..<max(0, min(fractionDigits, 9)) { scale *= 10 }
+        for _ in 0..<digits { scale *= 10 }
         let scaled = (abs(value) * scale).rounded()
         guard scaled < 9e18 else { return String(value) }
-        let total = UInt64(scaled)
-        let divisor = UInt64(scale)
-        var text = String(total / divisor)
-        let fraction = total % divisor
-        if fraction > 0 {
-            var digits = String(fraction)
-            digits = String(repeating: "0", count: String(divisor).count - 1 - digits.count) + digits
-            while digits.last == "0" { digits.removeLast() }
-            text += "." + digits
-        }
-        return (value < 0 && total > 0 ? "-" : "") + text
+        return (value < 0 && scaled > 0 ? "-" : "") + decimal(UInt128(scaled), scale: digits)
+    }
+
+    /// `value` / 10^`scale`, exactly, without trailing zeros: (1500, 3) -> "1.5", (2000, 3) -> "2".
+    public static func decimal(_ value: UInt128, scale: Int) -> String {
+        var divisor: UInt128 = 1
+        for _ in 0..<scale { divisor *= 10 }
+        let (whole, fraction) = value.quotientAndRemainder(dividingBy: divisor)
+        guard fraction > 0 else { return "\(whole)" }
+        var digits = String(fraction)
+        digits = String(repeating: "0", count: scale - digits.count) + digits
+        while digits.last == "0" { digits.removeLast() }
+        return "\(whole).\(digits)"
     }
 
     /// num/den in the largest unit not exceeding it, rounded to 3 decimals, trailing zeros dropped.
@@ -98,18 +101,7 @@ public enum LimitFormatter {
             index += 1
             thousandths /= 1000
         }
-        return "\(fixed(thousandths: thousandths)) \(units[index].1)"
-    }
-
-    /// thousandths/1000 with trailing zeros dropped: 1500 -> "1.5", 2000 -> "2".
-    static func fixed(thousandths: UInt128) -> String {
-        let whole = thousandths / 1000
-        let fraction = thousandths % 1000
-        if fraction == 0 { return "\(whole)" }
-        var digits = String(fraction)
-        while digits.count < 3 { digits = "0" + digits }
-        while digits.last == "0" { digits.removeLast() }
-        return "\(whole).\(digits)"
+        return "\(decimal(thousandths, scale: 3)) \(units[index].1)"
     }
 }
 

@@ -3,23 +3,15 @@
 //   --tx-bandwidth RATE[,burst=SIZE][,one-time-burst=SIZE]      (also --rx-bandwidth)
 //   --tx-ops       N[,burst=N][,one-time-burst=N]               (also --rx-ops)
 //
-// RATE (per second) is a decimal number (e.g. 100, 1.5, 0.25) followed by a unit:
-//   bits:  bit, kbit, Mbit, Gbit, Tbit        (decimal: 1 Mbit = 1_000_000 bit; the
-//          prefix letter is case-insensitive: mbit == Mbit), Kibit, Mibit, Gibit, Tibit
-//          (binary); and the networking spellings bps, kbps, Mbps, Gbps, Tbps (bits).
-//   bytes: (none) or B, KB/kB, MB, GB, TB (decimal), KiB, MiB, GiB, TiB (binary).
-//          The byte unit needs an upper-case B.
-//   A trailing "/s" is allowed on any unit (100Mbit/s, 10MB/s, 1GiB/s, 5000/s).
-//   "ps" means bits only: 100Mbps = 100 Mbit/s. "MBps" is rejected (unknown unit) rather
-//   than guessed, and so are the ambiguous "Mb", "kb", "10M", "10K" (bits or bytes?).
-//   Spaces between the number and the unit are allowed ("100 Mbit/s").
-// SIZE is bytes: a whole number of bytes, optionally with B, KB, MB, GB, TB, KiB, MiB,
-//   GiB, TiB (1.5KiB = 1536 is fine, 1.5B is not). "64K" is rejected as ambiguous.
-// N is a frame count: a decimal number with an optional k, M or G (decimal) multiplier,
-//   and for the rate an optional "/s": 1000, 2.5k, 1M/s. Bursts must be whole frames.
-// Options are comma separated, each at most once: burst=, one-time-burst= (or
-//   one_time_burst=). A rate or burst of zero is an error; one-time-burst=0 means none.
-//   Spaces around items are ignored.
+// RATE per second: a decimal number and a unit. Bits: bit, kbit, Mbit, Gbit, Tbit (decimal,
+//   prefix case-insensitive), Kibit..Tibit (binary), bps, kbps, Mbps, Gbps, Tbps. Bytes: none
+//   or B, KB/kB, MB, GB, TB, KiB..TiB (upper-case B). An optional "/s" ("ps" is bits only, so
+//   "MBps" is refused), spaces before the unit allowed. "Mb", "kb", "10M", "10K" are refused as
+//   ambiguous (bits or bytes?) rather than guessed.
+// SIZE: whole bytes, with the byte units (1.5KiB is fine, 1.5B is not; "64K" is ambiguous).
+// N: frames, with an optional k, M or G (decimal), "/s" for the rate; bursts are whole frames.
+// Options at most once each: burst=, one-time-burst= (or one_time_burst=). A rate or burst of
+//   zero is an error; one-time-burst=0 means none.
 //
 // Mapping a rate R (bytes/s or frames/s, kept as an exact fraction) to a bucket:
 //   size: burst= when given. Otherwise the larger of R x 5 ms and a floor:
@@ -35,56 +27,27 @@
 //     * ops floor 8 frames, so a short train of small frames (ACKs) is not serialised.
 //     The default size is then rounded up (by at most 25%) to a value for which the
 //     refill time below is an exact integer, when one exists.
-//   refill time: size / R in nanoseconds, rounded to the nearest nanosecond. It is
-//     exact for all the usual rates (e.g. 10 Mbit/s with 80 KiB: 65_536_000 ns); when it
-//     is not, the relative error is at most 0.5 ns / refill time (< 1e-7 for the
-//     defaults). The token bucket itself refills without any drift (see TokenBucket).
+//   refill time: size / R in nanoseconds, rounded to the nearest nanosecond: exact for the
+//     usual rates, else off by at most 0.5 ns / refill time (< 1e-7 for the defaults).
 
 /// Why a limit did not parse. `description` names the flag (or JSON key), the bad
 /// value and the accepted forms.
 public struct LimitParseError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What was wrong; `text` below says it for a person.
     public enum Reason: Error, Sendable, Equatable {
-        /// Nothing given.
-        case empty
-        /// An empty item between commas.
-        case emptyItem
-        /// Not a decimal number.
-        case invalidNumber(String)
-        /// A unit we do not know.
-        case unknownUnit(String)
-        /// A unit that could mean bits or bytes, or 1000 or 1024.
-        case ambiguousUnit(String)
+        case empty, emptyItem, burstTooSmall, rateOutOfRange
+        case invalidNumber(String), unknownUnit(String), ambiguousUnit(String), fractional(String), outOfRange(String)
         /// A rate or burst of zero (the named quantity).
         case zero(String)
-        /// A size or frame count that is not whole.
-        case fractional(String)
-        /// Too large, too many digits, or a rate so low the refill time overflows.
-        case outOfRange(String)
-        /// An option other than burst= / one-time-burst=.
-        case unknownOption(String)
-        /// The same option twice.
-        case duplicateOption(String)
-        /// An option without "=value".
-        case missingValue(String)
-        /// The burst is so small relative to the rate that it refills in under 1 ns.
-        case burstTooSmall
-        /// The rate is so low that the refill time does not fit in 64 bits of nanoseconds,
-        /// or so high that the default burst does not fit in 64 bits.
-        case rateOutOfRange
+        case unknownOption(String), duplicateOption(String), missingValue(String)
     }
 
     /// What the value should have looked like.
     public enum Form: Sendable, Equatable {
-        /// A full --*-bandwidth value.
-        case bandwidth
-        /// A full --*-ops value.
-        case ops
-        /// A lone bandwidth rate (JSON bandwidth_rate).
-        case rate
-        /// A lone size in bytes (JSON bandwidth_burst, bandwidth_one_time_burst).
-        case size
-        /// A lone frame count or frame rate (JSON ops_rate, ops_burst, ops_one_time_burst).
-        case count
+        /// A full --*-bandwidth or --*-ops value.
+        case bandwidth, ops
+        /// A lone field of the JSON convenience form: a bandwidth rate, a size in bytes, a frame count or rate.
+        case rate, size, count
     }
 
     public var flag: String
@@ -162,95 +125,70 @@ public enum LimitParser {
 
     /// Parses `RATE[,burst=SIZE][,one-time-burst=SIZE]`.
     public static func bandwidth(_ text: String, flag: String) throws(LimitParseError) -> BucketConfig {
-        do {
-            let items = try splitItems(text)
-            let rate = try parseRate(items.rate)
-            let burst = try items.burst.map { (s) throws(LimitParseError.Reason) in try parseSize(s) }
-            let oneTime = try items.oneTimeBurst.map { (s) throws(LimitParseError.Reason) in try parseSize(s) }
-            return try makeConfig(rate: rate, burst: burst, oneTimeBurst: oneTime ?? 0,
-                                  minimum: minimumDefaultBandwidthBurst)
-        } catch {
-            throw LimitParseError(flag: flag, value: text, reason: error, expected: .bandwidth)
-        }
+        try config(.bandwidth, text, flag: flag)
     }
 
     /// Parses `N[,burst=N][,one-time-burst=N]` (frames per second).
     public static func ops(_ text: String, flag: String) throws(LimitParseError) -> BucketConfig {
-        do {
-            let items = try splitItems(text)
-            let rate = try parseCount(items.rate, allowPerSecond: true)
-            let burst = try items.burst.map { (s) throws(LimitParseError.Reason) in try wholeCount(s) }
-            let oneTime = try items.oneTimeBurst.map { (s) throws(LimitParseError.Reason) in try wholeCount(s) }
-            return try makeConfig(rate: rate, burst: burst, oneTimeBurst: oneTime ?? 0,
-                                  minimum: minimumDefaultOpsBurst)
-        } catch {
-            throw LimitParseError(flag: flag, value: text, reason: error, expected: .ops)
-        }
+        try config(.ops, text, flag: flag)
     }
 
     // MARK: Separate fields (the JSON convenience form)
 
-    /// Builds a bandwidth bucket from separately given RATE and optional SIZEs; errors
-    /// name the field that was wrong.
-    public static func bandwidth(rate: String, burst: String? = nil, oneTimeBurst: String? = nil,
-                                 rateField: String = "bandwidth_rate",
-                                 burstField: String = "bandwidth_burst",
-                                 oneTimeBurstField: String = "bandwidth_one_time_burst") throws(LimitParseError) -> BucketConfig {
-        let r = try field(rateField, rate, .rate) { (s) throws(Reason) in try parseRate(s[...]) }
-        let b = try burst.map { (v) throws(LimitParseError) in
-            try field(burstField, v, .size) { (s) throws(Reason) in try nonZero(parseSize(s[...]), "burst") }
-        }
-        let o = try oneTimeBurst.map { (v) throws(LimitParseError) in
-            try field(oneTimeBurstField, v, .size) { (s) throws(Reason) in try parseSize(s[...]) }
-        }
-        return try combine(r, b, o, minimum: minimumDefaultBandwidthBurst,
-                           rate: (rateField, rate, .rate), burst: burst.map { (burstField, $0, .size) })
+    /// A bandwidth bucket from RATE and optional SIZEs given apart; errors name the field.
+    public static func bandwidth(rate: String, burst: String? = nil, oneTimeBurst: String? = nil) throws(LimitParseError) -> BucketConfig {
+        try config(.bandwidth, rate: Field("bandwidth_rate", rate, .rate), burst: burst.map { Field("bandwidth_burst", $0, .size) },
+                   oneTimeBurst: oneTimeBurst.map { Field("bandwidth_one_time_burst", $0, .size) })
     }
 
-    /// Builds an ops bucket from separately given N (per second) and optional burst counts.
-    public static func ops(rate: String, burst: String? = nil, oneTimeBurst: String? = nil,
-                           rateField: String = "ops_rate",
-                           burstField: String = "ops_burst",
-                           oneTimeBurstField: String = "ops_one_time_burst") throws(LimitParseError) -> BucketConfig {
-        let r = try field(rateField, rate, .count) { (s) throws(Reason) in try parseCount(s[...], allowPerSecond: true) }
-        let b = try burst.map { (v) throws(LimitParseError) in
-            try field(burstField, v, .count) { (s) throws(Reason) in try nonZero(wholeCount(s[...]), "burst") }
-        }
-        let o = try oneTimeBurst.map { (v) throws(LimitParseError) in
-            try field(oneTimeBurstField, v, .count) { (s) throws(Reason) in try wholeCount(s[...]) }
-        }
-        return try combine(r, b, o, minimum: minimumDefaultOpsBurst,
-                           rate: (rateField, rate, .count), burst: burst.map { (burstField, $0, .count) })
+    /// An ops bucket from N (per second) and optional burst counts given apart.
+    public static func ops(rate: String, burst: String? = nil, oneTimeBurst: String? = nil) throws(LimitParseError) -> BucketConfig {
+        try config(.ops, rate: Field("ops_rate", rate, .count), burst: burst.map { Field("ops_burst", $0, .count) },
+                   oneTimeBurst: oneTimeBurst.map { Field("ops_one_time_burst", $0, .count) })
     }
 
     // MARK: - Internals
 
     typealias Reason = LimitParseError.Reason
 
-    private static func field<T>(_ name: String, _ value: String, _ form: LimitParseError.Form,
-                                 _ body: (String) throws(Reason) -> T) throws(LimitParseError) -> T {
-        do {
-            return try body(String(trimmed(value[...])))
-        } catch {
-            throw LimitParseError(flag: name, value: value, reason: error, expected: form)
+    enum Kind { case bandwidth, ops }
+
+    /// One value and where it came from, for errors: the flag or key, what was given, its form.
+    struct Field {
+        var name: String, value: String, form: LimitParseError.Form, text: Substring
+
+        init(_ name: String, _ value: String, _ form: LimitParseError.Form, text: Substring? = nil) {
+            (self.name, self.value, self.form, self.text) = (name, value, form, text ?? LimitParser.trimmed(value[...]))
+        }
+
+        func error(_ reason: Reason) -> LimitParseError {
+            LimitParseError(flag: name, value: value, reason: reason, expected: form)
+        }
+
+        func parse<T>(_ body: (Substring) throws(Reason) -> T) throws(LimitParseError) -> T {
+            do { return try body(text) } catch { throw self.error(error) }
         }
     }
 
-    private static func nonZero(_ value: UInt64, _ what: String) throws(Reason) -> UInt64 {
-        if value == 0 { throw .zero(what) }
-        return value
+    /// A flag value: every part is blamed on the flag as a whole.
+    private static func config(_ kind: Kind, _ text: String, flag: String) throws(LimitParseError) -> BucketConfig {
+        let form: LimitParseError.Form = kind == .bandwidth ? .bandwidth : .ops
+        let items = try Field(flag, text, form).parse { (_) throws(Reason) in try splitItems(text) }
+        func part(_ item: Substring) -> Field { Field(flag, text, form, text: item) }
+        return try config(kind, rate: part(items.rate), burst: items.burst.map(part), oneTimeBurst: items.oneTimeBurst.map(part))
     }
 
-    /// makeConfig for separately named fields: a too-small burst is the burst's fault,
-    /// anything else the rate's.
-    private static func combine(_ rate: Ratio, _ burst: UInt64?, _ oneTime: UInt64?, minimum: UInt64,
-                                rate rateField: (String, String, LimitParseError.Form),
-                                burst burstField: (String, String, LimitParseError.Form)?) throws(LimitParseError) -> BucketConfig {
+    /// The bucket; a zero or too-small burst is the burst's fault, anything else the rate's.
+    private static func config(_ kind: Kind, rate: Field, burst: Field?, oneTimeBurst: Field?) throws(LimitParseError) -> BucketConfig {
+        let amount = { (s: Substring) throws(Reason) -> UInt64 in kind == .bandwidth ? try parseSize(s) : try wholeCount(s) }
+        let r = try rate.parse { (s) throws(Reason) in kind == .bandwidth ? try parseRate(s) : try parseCount(s, allowPerSecond: true) }
+        let b = try burst?.parse(amount)
+        let o = try oneTimeBurst?.parse(amount)
         do {
-            return try makeConfig(rate: rate, burst: burst, oneTimeBurst: oneTime ?? 0, minimum: minimum)
+            return try makeConfig(rate: r, burst: b, oneTimeBurst: o ?? 0,
+                                  minimum: kind == .bandwidth ? minimumDefaultBandwidthBurst : minimumDefaultOpsBurst)
         } catch {
-            let blame = (error == .burstTooSmall ? burstField : nil) ?? rateField
-            throw LimitParseError(flag: blame.0, value: blame.1, reason: error, expected: blame.2)
+            throw (error == .burstTooSmall || error == .zero("burst") ? burst ?? rate : rate).error(error)
         }
     }
 

@@ -4,7 +4,8 @@
 //   {"bandwidth": {"size": 81920, "refill_time_ns": 65536000, "one_time_burst": 0},
 //    "ops":       {"size": 8, "refill_time_ns": 8000000}}
 // A missing or null "bandwidth"/"ops" means no limit of that kind; "one_time_burst"
-// may be omitted (0). Decoding additionally accepts the convenience form
+// may be omitted (0). Decoding also takes what a PATCH does for "bandwidth"/"ops" (see
+// DirectionUpdate: "off", a flag string, a plain number), and the convenience form
 //   {"bandwidth_rate": "100Mbit", "bandwidth_burst": "64KiB", "bandwidth_one_time_burst": "1MiB",
 //    "ops_rate": "1000", "ops_burst": "16", "ops_one_time_burst": 100}
 // whose values use LimitParser's syntax (strings, or plain JSON integers meaning
@@ -47,13 +48,6 @@ extension BucketConfig: Codable {
         refillTimeNanoseconds = try c.decode(UInt64.self, forKey: .refillTimeNanoseconds)
         oneTimeBurst = try c.decodeIfPresent(UInt64.self, forKey: .oneTimeBurst) ?? 0
     }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(size, forKey: .size)
-        try c.encode(refillTimeNanoseconds, forKey: .refillTimeNanoseconds)
-        try c.encode(oneTimeBurst, forKey: .oneTimeBurst)
-    }
 }
 
 /// The limits for one direction (guest transmit or guest receive). `nil` = no limit.
@@ -82,13 +76,7 @@ extension DirectionLimits: Codable {
     }
 
     public init(from decoder: any Decoder) throws {
-        self = try DirectionUpdate(limitFieldsFrom: decoder).applied(to: .unlimited)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encodeIfPresent(bandwidth, forKey: .bandwidth)
-        try c.encodeIfPresent(ops, forKey: .ops)
+        self = try DirectionUpdate(from: decoder).applied(to: .unlimited)
     }
 }
 
@@ -113,12 +101,6 @@ public struct RateLimits: Sendable, Equatable, Hashable, Codable {
         tx = try c.decodeIfPresent(DirectionLimits.self, forKey: .tx) ?? .unlimited
         rx = try c.decodeIfPresent(DirectionLimits.self, forKey: .rx) ?? .unlimited
     }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(tx, forKey: .tx)
-        try c.encode(rx, forKey: .rx)
-    }
 }
 
 /// A change to one direction's limits: the body of PUT and PATCH /vm/limits, per
@@ -132,9 +114,9 @@ public struct RateLimits: Sendable, Equatable, Hashable, Codable {
 ///   "RATE[,burst=...]"  the flag syntax (--tx-bandwidth / --tx-ops), parsed by LimitParser
 ///   12500000            a plain number: bytes/s (bandwidth) or frames/s (ops), default burst
 ///   {"size": 81920, "refill_time_ns": 6553600, "one_time_burst": 0}   a canonical bucket
-/// A direction may instead use the canonical and convenience keys of `DirectionLimits`
-/// ("bandwidth_rate", ...), where an absent key keeps and null removes; a whole direction
-/// may be null or "off" to remove both of its limits. Unknown keys are errors.
+/// A kind may instead use the convenience keys ("bandwidth_rate", ...), where an absent key
+/// keeps and null removes; a whole direction may be null or "off" to remove both of its
+/// limits. Unknown keys are errors. `DirectionLimits` decodes the same, applied to no limits.
 public struct DirectionUpdate: Sendable, Equatable {
     public enum Change: Sendable, Equatable {
         case keep
@@ -243,6 +225,8 @@ func corrupted(_ path: [any CodingKey], _ description: String, _ underlying: (an
 }
 
 extension LimitUpdate: Codable {
+    enum CodingKeys: String, CodingKey { case tx, rx }
+
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, allowed: ["tx", "rx"], expected: "expected \"tx\" and/or \"rx\"")
         let c = try decoder.container(keyedBy: JSONKey.self)
@@ -266,39 +250,60 @@ extension LimitUpdate: Codable {
             throw corrupted(c.codingPath + [key], expected)
         }
     }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: JSONKey.self)
-        try c.encodeIfPresent(tx, forKey: JSONKey("tx"))
-        try c.encodeIfPresent(rx, forKey: JSONKey("rx"))
-    }
 }
 
 extension DirectionUpdate: Codable {
-    static let shortKeys: Set<String> = ["bandwidth", "ops"]
     static let limitKeys = ["bandwidth", "ops",
                             "bandwidth_rate", "bandwidth_burst", "bandwidth_one_time_burst",
                             "ops_rate", "ops_burst", "ops_one_time_burst"]
 
     public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, allowed: Self.limitKeys)
         let c = try decoder.container(keyedBy: JSONKey.self)
-        guard Set(c.allKeys.map(\.stringValue)).isSubset(of: Self.shortKeys) else {
-            // DirectionLimits' forms ("bandwidth_rate", ...), which also report unknown keys
-            // and mixed forms.
-            try self.init(limitFieldsFrom: decoder)
-            return
-        }
-        self.init(bandwidth: try Self.decodeChange(c, "bandwidth"), ops: try Self.decodeChange(c, "ops"))
+        self.init(bandwidth: try Self.decodeKind(c, "bandwidth"), ops: try Self.decodeKind(c, "ops"))
     }
 
-    /// A short key's value: null, "off", a flag string, a plain number, or a canonical bucket.
-    private static func decodeChange(_ c: KeyedDecodingContainer<JSONKey>,
-                                     _ name: String) throws -> Change {
+    /// One kind of limit: its own key ("bandwidth") or its convenience keys ("bandwidth_rate",
+    /// "bandwidth_burst", "bandwidth_one_time_burst", where null removes), not both.
+    private static func decodeKind(_ c: KeyedDecodingContainer<JSONKey>, _ name: String) throws -> Change {
         let key = JSONKey(name)
-        guard c.contains(key) else { return .keep }
+        let rateKey = JSONKey(name + "_rate")
+        let burstKey = JSONKey(name + "_burst")
+        let oneTimeKey = JSONKey(name + "_one_time_burst")
+        let convenience = [rateKey, burstKey, oneTimeKey].filter { c.contains($0) }
+        let isBandwidth = name == "bandwidth"
+
+        if c.contains(key) {
+            if let other = convenience.first {
+                throw corrupted(c.codingPath + [other],
+                                "\"\(other.stringValue)\" cannot be combined with \"\(name)\"; use one form or the other")
+            }
+            return try decodeChange(c, key, isBandwidth: isBandwidth)
+        }
+        if convenience.isEmpty { return .keep }
+
+        let rate = try scalar(c, rateKey)
+        let burst = try scalar(c, burstKey)
+        let oneTime = try scalar(c, oneTimeKey)
+        guard let rate else {
+            // {"bandwidth_rate": null} removes; a burst without a rate is meaningless.
+            if c.contains(rateKey), burst == nil, oneTime == nil { return .remove }
+            let offending = burst != nil ? burstKey : oneTimeKey
+            throw corrupted(c.codingPath + [offending], "\"\(offending.stringValue)\" needs \"\(rateKey.stringValue)\"")
+        }
+        do {
+            return .set(isBandwidth ? try LimitParser.bandwidth(rate: rate, burst: burst, oneTimeBurst: oneTime)
+                                    : try LimitParser.ops(rate: rate, burst: burst, oneTimeBurst: oneTime))
+        } catch {
+            throw corrupted(c.codingPath + [JSONKey(error.flag)], error.description, error)
+        }
+    }
+
+    /// The value of "bandwidth" or "ops": null, "off", a flag string, a plain number, or a canonical bucket.
+    private static func decodeChange(_ c: KeyedDecodingContainer<JSONKey>, _ key: JSONKey,
+                                     isBandwidth: Bool) throws -> Change {
         if try c.decodeNil(forKey: key) { return .remove }
         let path = c.codingPath + [key]
-        let isBandwidth = name == "bandwidth"
         var text: String?
         if let s = try? c.decode(String.self, forKey: key) {
             if isOff(s) { return .remove }
@@ -319,58 +324,6 @@ extension DirectionUpdate: Codable {
         } catch DecodingError.typeMismatch(_, let context) where context.codingPath.count == path.count {
             let syntax = isBandwidth ? "\"100Mbit,burst=64KiB\"" : "\"10000,burst=64\""
             throw corrupted(path, "expected a string like \(syntax), \"off\", null, or an object {\"size\": N, \"refill_time_ns\": N, \"one_time_burst\": N}")
-        }
-    }
-
-    /// DirectionLimits' canonical or convenience form, as changes: absent keeps, null removes.
-    init(limitFieldsFrom decoder: any Decoder) throws {
-        try rejectUnknownKeys(decoder, allowed: Self.limitKeys)
-        let c = try decoder.container(keyedBy: JSONKey.self)
-        self.init(bandwidth: try Self.decodeKind(c, name: "bandwidth", isBandwidth: true),
-                  ops: try Self.decodeKind(c, name: "ops", isBandwidth: false))
-    }
-
-    private static func decodeKind(_ c: KeyedDecodingContainer<JSONKey>, name: String,
-                                   isBandwidth: Bool) throws -> Change {
-        let canonical = JSONKey(name)
-        let rateKey = JSONKey(name + "_rate")
-        let burstKey = JSONKey(name + "_burst")
-        let oneTimeKey = JSONKey(name + "_one_time_burst")
-        let convenience = [rateKey, burstKey, oneTimeKey].filter { c.contains($0) }
-
-        if c.contains(canonical) {
-            if let other = convenience.first {
-                throw corrupted(c.codingPath + [other],
-                                "\"\(other.stringValue)\" cannot be combined with \"\(name)\"; use one form or the other")
-            }
-            if try c.decodeNil(forKey: canonical) { return .remove }
-            return .set(try c.decode(BucketConfig.self, forKey: canonical))
-        }
-        if convenience.isEmpty { return .keep }
-
-        let rate = try scalar(c, rateKey)
-        let burst = try scalar(c, burstKey)
-        let oneTime = try scalar(c, oneTimeKey)
-        guard let rate else {
-            // {"bandwidth_rate": null} removes; a burst without a rate is meaningless.
-            if c.contains(rateKey), burst == nil, oneTime == nil { return .remove }
-            let offending = burst != nil ? burstKey : oneTimeKey
-            throw corrupted(c.codingPath + [offending], "\"\(offending.stringValue)\" needs \"\(rateKey.stringValue)\"")
-        }
-        do {
-            if isBandwidth {
-                return .set(try LimitParser.bandwidth(rate: rate, burst: burst, oneTimeBurst: oneTime,
-                                                      rateField: rateKey.stringValue,
-                                                      burstField: burstKey.stringValue,
-                                                      oneTimeBurstField: oneTimeKey.stringValue))
-            } else {
-                return .set(try LimitParser.ops(rate: rate, burst: burst, oneTimeBurst: oneTime,
-                                                rateField: rateKey.stringValue,
-                                                burstField: burstKey.stringValue,
-                                                oneTimeBurstField: oneTimeKey.stringValue))
-            }
-        } catch {
-            throw corrupted(c.codingPath + [JSONKey(error.flag)], error.description, error)
         }
     }
 

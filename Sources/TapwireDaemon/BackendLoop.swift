@@ -48,9 +48,9 @@ public final class BackendLoop: @unchecked Sendable {
     private var lastRefusalLogged: UInt64 = 0
     private var running = true
     private var queuesChanged = false
-    public private(set) var connectionsAccepted = 0
-    public private(set) var disconnects = 0
     public let startedAt = monotonicNanoseconds()
+    /// What a metrics scrape reads from the API thread instead of posting here.
+    let gauges: LoopGauges
 
     public init(device: NetDevice, endpoint: FrontendEndpoint, logger: Logger) throws(SystemError) {
         self.device = device
@@ -61,6 +61,7 @@ public final class BackendLoop: @unchecked Sendable {
         var made = [QueuePairWorker]()
         for pair in 0..<device.config.queuePairs { made.append(try QueuePairWorker(pair: pair, device: device, logger: logger)) }
         workers = made
+        gauges = LoopGauges(device: device, startedAt: startedAt)
         try epoll.add(mailbox.wake.raw, events: Epoll.readable, token: Token.mailbox)
         // Device changes happen on this thread with the workers parked; they re-register then.
         device.onQueuesChanged = { [unowned self] in self.queuesChanged = true }
@@ -150,6 +151,10 @@ public final class BackendLoop: @unchecked Sendable {
         default:
             break
         }
+        // After any event: the workers are running again, but what gauges reads is the loop's.
+        gauges.connected.store(connection != nil, ordering: .relaxed)
+        gauges.pairsEnabled.store((0..<device.config.queuePairs).filter { device.queues[2 * $0].enabled }.count,
+                                  ordering: .relaxed)
     }
 
     // MARK: - Frontend connection
@@ -218,7 +223,7 @@ public final class BackendLoop: @unchecked Sendable {
             return
         }
         connection = VhostUserConnection(socket: socket)
-        connectionsAccepted += 1
+        gauges.connections.add(1, ordering: .relaxed)
         logger.info("frontend connected")
     }
 
@@ -276,7 +281,7 @@ public final class BackendLoop: @unchecked Sendable {
         guard let connection else { return }
         epoll.remove(connection.socket.raw)
         self.connection = nil
-        disconnects += 1
+        gauges.disconnects.add(1, ordering: .relaxed)
         withWorkersPaused {
             for queue in device.queues where queue.stats.frames > 0 || queue.stats.kicks > 0 {
                 let st = queue.stats

@@ -5,9 +5,11 @@ import RateLimiter
 import SystemCalls
 import VirtioNet
 import PortSecurity
+import Synchronization
 
 /// Answers control requests by hopping onto the device's loop thread through its mailbox:
-/// the API threads never touch device state, and the packet path takes no lock.
+/// the API threads never touch device state, and the packet path takes no lock. Metrics are
+/// the exception: they read the loop's gauges and the queues' atomic counters directly.
 struct LoopControlBackend: ControlBackend {
     let mailbox: LoopMailbox<BackendLoop>
     let name: String
@@ -30,9 +32,26 @@ struct LoopControlBackend: ControlBackend {
         return await onLoop { loop in loop.status(name: name, socketPath: socketPath) }
     }
 
-    // The counters are atomics: a scrape reads them without parking the packet path.
+    /// The loop's gauges; a backend made without them (the integration tests') asks the loop for them.
+    var gauges: LoopGauges?
+
+    private func loopGauges() async -> LoopGauges {
+        if let gauges { return gauges }
+        return await onLoop(pausingWorkers: false) { $0.gauges }
+    }
+
+    // A scrape reads atomics only: it neither waits for the loop nor parks the packet path.
     func metrics() async -> MetricsSnapshot {
-        await onLoop(pausingWorkers: false) { loop in loop.metricsSnapshot() }
+        await loopGauges().metrics()
+    }
+
+    func scrape() async -> (status: VMStatus, metrics: MetricsSnapshot) {
+        let gauges = await loopGauges()
+        let status = VMStatus(name: name, state: gauges.connected.load(ordering: .relaxed) ? .connected : .waiting,
+                              uptimeSeconds: 0, tap: gauges.tap, mac: gauges.mac, mtu: 0, socketPath: socketPath,
+                              queuePairsEnabled: gauges.pairsEnabled.load(ordering: .relaxed),
+                              limits: LimitsStatus(gauges.limits.withLock { $0 }))
+        return (status, gauges.metrics())
     }
 
     func updateLimits(_ update: LimitUpdate, replace: Bool) async throws -> VMStatus {
@@ -41,6 +60,7 @@ struct LoopControlBackend: ControlBackend {
             let current = loop.device.currentLimits
             let next = update.applied(to: RateLimits(tx: current.tx, rx: current.rx), replace: replace)
             loop.device.updateLimits(tx: next.tx, rx: next.rx, now: monotonicNanoseconds())
+            loop.gauges.limits.withLock { $0 = next }
             loop.limitsChanged()
             loop.logger.info("rate limits changed: \(LimitFormatter.limits(next))")
             return loop.status(name: name, socketPath: socketPath)
@@ -82,9 +102,29 @@ extension BackendLoop {
             queues: queues, limits: LimitsStatus(RateLimits(tx: limits.tx, rx: limits.rx)),
             portSecurity: device.portSecurityStatus)
     }
+}
 
-    func metricsSnapshot() -> MetricsSnapshot {
-        let queues = device.queues.map { q in
+/// What a metrics scrape reads without reaching the loop: the queues' counters are QueueStats'
+/// atomics, the rest the loop stores after each event (and the limits after each change).
+final class LoopGauges: Sendable {
+    let connections = Atomic<Int>(0), disconnects = Atomic<Int>(0)
+    let connected = Atomic<Bool>(false), pairsEnabled = Atomic<Int>(0)
+    let limits: Mutex<RateLimits>
+    let queues: [(index: Int, isReceive: Bool, stats: QueueStats)]
+    let tap: String, mac: String, startedAt: UInt64
+
+    /// Before the workers start: the device's limits are then the loop's to read.
+    init(device: NetDevice, startedAt: UInt64) {
+        self.startedAt = startedAt
+        let current = device.currentLimits
+        limits = Mutex(RateLimits(tx: current.tx, rx: current.rx))
+        queues = device.queues.map { ($0.index, $0.isReceive, $0.stats) }
+        tap = device.tap?.name ?? "(sink)"
+        mac = device.config.mac.map(MACAddress.format) ?? ""
+    }
+
+    func metrics() -> MetricsSnapshot {
+        let queues = self.queues.map { q in
             let s = q.stats
             var drops = [String: UInt64]()
             for reason in DropReason.allCases { drops[reason.label] = s.drops(reason) }
@@ -93,7 +133,8 @@ extension BackendLoop {
                                 throttledNanoseconds: s.throttledNanoseconds, drops: drops)
         }
         return MetricsSnapshot(uptimeSeconds: Double(monotonicNanoseconds() - startedAt) / 1e9,
-                               connectionsTotal: UInt64(connectionsAccepted), disconnects: UInt64(disconnects), queues: queues)
+                               connectionsTotal: UInt64(connections.load(ordering: .relaxed)),
+                               disconnects: UInt64(disconnects.load(ordering: .relaxed)), queues: queues)
     }
 }
 
@@ -104,7 +145,7 @@ struct ControlPlane {
     static func start(command: TapwireCommand, loop: BackendLoop, logger: Logger) throws -> ControlPlane? {
         guard let path = command.apiSocket else { return nil }
         let backend = LoopControlBackend(mailbox: loop.mailbox, name: command.name,
-                                         socketPath: command.socketPath ?? "fd \(command.fd ?? -1)")
+                                         socketPath: command.socketPath ?? "fd \(command.fd ?? -1)", gauges: loop.gauges)
         let server = ControlServer(socketPath: path, backend: backend, logger: logger)
         try server.start()
         logger.info("control API on \(path)")
