@@ -4,10 +4,31 @@ import SystemCalls
 import Virtqueue
 import VhostUserFrontend
 
+/// Anonymous memory as one guest region at guest physical 0, handed out by `arena`.
+struct FakeGuest {
+    let mapping: MemoryMapping
+    let arena: GuestArena
+    let memory: GuestMemoryMap
+
+    init(memoryBytes: Int) throws {
+        mapping = try MemoryMapping(anonymousLength: memoryBytes)
+        arena = GuestArena(base: mapping.base, size: memoryBytes, fd: -1, owner: mapping)
+        memory = try GuestMemoryMap(regions: [MemoryRegion(guestPhysicalAddress: 0, size: UInt64(memoryBytes),
+                                                            userspaceAddress: arena.userspaceBase, host: mapping.base, owner: mapping)])
+    }
+
+    /// A buffer in guest memory filled with `byte`.
+    func buffer(_ length: Int, fill byte: UInt8 = 0) -> UInt64 {
+        let gpa = arena.allocate(length, alignment: 8)
+        arena.pointer(gpa).initializeMemory(as: UInt8.self, repeating: byte, count: length)
+        return gpa
+    }
+}
+
 /// A fake guest: anonymous memory holding real rings, driven by `DriverQueue` as a guest
 /// kernel would, and the device-side `SplitQueue` over the same bytes.
 final class RingFixture {
-    let mapping: MemoryMapping
+    let guest: FakeGuest
     let arena: GuestArena
     let memory: GuestMemoryMap
     let driver: DriverQueue
@@ -15,10 +36,9 @@ final class RingFixture {
     var queue: SplitQueue!
 
     init(size: UInt16 = 8, memoryBytes: Int = 1 << 20, startIndex: UInt16 = 0, eventIndex: Bool = false, indirect: Bool = true) throws {
-        mapping = try MemoryMapping(anonymousLength: memoryBytes)
-        arena = GuestArena(base: mapping.base, size: memoryBytes, fd: -1, owner: mapping)
-        memory = try GuestMemoryMap(regions: [MemoryRegion(guestPhysicalAddress: 0, size: UInt64(memoryBytes),
-                                                            userspaceAddress: arena.userspaceBase, host: mapping.base, owner: mapping)])
+        guest = try FakeGuest(memoryBytes: memoryBytes)
+        arena = guest.arena
+        memory = guest.memory
         driver = DriverQueue(arena: arena, size: size)
         driver.eventIndex = eventIndex
         if startIndex != 0 { driver.setIndices(avail: startIndex, used: startIndex) }
@@ -29,12 +49,7 @@ final class RingFixture {
                            indirectAllowed: indirect, eventIndex: eventIndex)
     }
 
-    /// A buffer in guest memory filled with `byte`.
-    func buffer(_ length: Int, fill byte: UInt8 = 0) -> UInt64 {
-        let gpa = arena.allocate(length, alignment: 8)
-        arena.pointer(gpa).initializeMemory(as: UInt8.self, repeating: byte, count: length)
-        return gpa
-    }
+    func buffer(_ length: Int, fill byte: UInt8 = 0) -> UInt64 { guest.buffer(length, fill: byte) }
 
     func pop(writable: Bool = false, maxBytes: UInt64 = 1 << 20) throws -> PoppedChain? {
         vectors.removeAll()
@@ -181,7 +196,7 @@ final class PackedDriver {
 
 /// A fake guest with one packed ring and the device-side `PackedQueue` over the same bytes.
 final class PackedRingFixture {
-    let mapping: MemoryMapping
+    let guest: FakeGuest
     let arena: GuestArena
     let memory: GuestMemoryMap
     let driver: PackedDriver
@@ -190,10 +205,9 @@ final class PackedRingFixture {
 
     init(size: UInt16 = 8, memoryBytes: Int = 1 << 20, base: PackedVringBase = .start, eventIndex: Bool = false,
          indirect: Bool = true) throws {
-        mapping = try MemoryMapping(anonymousLength: memoryBytes)
-        arena = GuestArena(base: mapping.base, size: memoryBytes, fd: -1, owner: mapping)
-        memory = try GuestMemoryMap(regions: [MemoryRegion(guestPhysicalAddress: 0, size: UInt64(memoryBytes),
-                                                            userspaceAddress: arena.userspaceBase, host: mapping.base, owner: mapping)])
+        guest = try FakeGuest(memoryBytes: memoryBytes)
+        arena = guest.arena
+        memory = guest.memory
         driver = PackedDriver(arena: arena, size: size)
         driver.setPositions(avail: base.avail, used: base.used)
         try start(base: base, eventIndex: eventIndex, indirect: indirect)
@@ -208,11 +222,7 @@ final class PackedRingFixture {
                             indirectAllowed: indirect, eventIndex: eventIndex)
     }
 
-    func buffer(_ length: Int, fill byte: UInt8 = 0) -> UInt64 {
-        let gpa = arena.allocate(length, alignment: 8)
-        arena.pointer(gpa).initializeMemory(as: UInt8.self, repeating: byte, count: length)
-        return gpa
-    }
+    func buffer(_ length: Int, fill byte: UInt8 = 0) -> UInt64 { guest.buffer(length, fill: byte) }
 
     func pop(writable: Bool = false, maxBytes: UInt64 = 1 << 20) throws -> PoppedChain? {
         vectors.removeAll()
