@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "SystemCalls", dependencies: ["CTapwire"]),
         // Guest memory regions and bounds-checked address translation (no syscalls).
         .target(name: "GuestMemory", dependencies: ["CTapwire"]),
-        // Split virtqueues: descriptor chains, indirect tables, event idx (no syscalls).
+        // Split and packed virtqueues: descriptor chains, indirect tables, event suppression (no syscalls).
         .target(name: "Virtqueue", dependencies: ["GuestMemory", "CTapwire"]),
         // vhost-user wire format, validation, connection and request dispatch.
         .target(name: "VhostUser", dependencies: ["CTapwire", "SystemCalls", "GuestMemory",

@@ -267,11 +267,14 @@ public struct PoppedChain: Equatable, Sendable {
 
 public enum RingAddressError: Error, Equatable, CustomStringConvertible, Sendable {
     case misaligned
+    /// A packed ring's parts: the descriptor ring on 16 bytes, the two event areas on 4.
+    case misalignedPacked
     case outsideMemory(part: String, address: UInt64)
 
     public var description: String {
         switch self {
         case .misaligned: return "ring addresses are misaligned (descriptors 16, avail 2, used 4 bytes)"
+        case .misalignedPacked: return "packed ring addresses are misaligned (descriptors 16, driver and device areas 4 bytes)"
         case .outsideMemory(let part, let address): return "\(part) at \(hex(address)) is not inside guest memory"
         }
     }

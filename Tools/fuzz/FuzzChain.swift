@@ -23,144 +23,18 @@
 //  28  u8   bit 0: the driver toggles avail.flags NO_INTERRUPT between rounds
 //  29..31   guest ranges for GuestMemoryMap's read/write/hostPointer checks
 //
-// Each region is its own mapping, flush against a PROT_NONE guard page on one side and
-// ASan-poisoned up to the page boundary on the other, so a stray access faults even in code
-// ASan does not instrument. The harness keeps its own model of guest memory (independent of
-// GuestMemoryMap) and walks every chain itself; SplitQueue must agree with it exactly, and
-// every iovec must lie inside a region, checked against the region bounds.
+// Guest memory is FuzzGuestMemory.swift's: two regions behind guard pages, and a model of them
+// independent of GuestMemoryMap. The harness walks every chain itself; SplitQueue must agree
+// with it exactly, and every iovec must lie inside a region, checked against the region bounds.
 import Glibc
 import CTapwire
 import GuestMemory
 import Virtqueue
 import FuzzSupport
 
-@inline(never)
-private func fail(_ message: String) -> Never {
-    fz_fail(message)
-}
-
-private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
-    if !condition { fail(message()) }
-}
-
-private let pageSize = Int(fz_page_size())
-/// FUZZ_TRACE=1: print what each input does (to check that seeds reach what they mean to).
-private let trace = getenv("FUZZ_TRACE") != nil
-private let maxRegionBytes = 32 * 1024
-private let windowPages = maxRegionBytes / 4096 // the largest region is this many pages
-
-/// One region's reserved address space: guard page, windowPages usable pages, guard page.
-private final class GuardedArea {
-    let base: UnsafeMutableRawPointer
-    let totalPages: Int
-    // The current region inside it.
-    var windowStart: UnsafeMutableRawPointer
-    var windowBytes = 0
-    var host: UnsafeMutableRawPointer
-    var size = 0
-    var slack: (UnsafeMutableRawPointer, Int)?
-
-    init() {
-        totalPages = windowPages * 4096 / pageSize + 2
-        guard let p = fz_reserve(totalPages) else { fail("mmap failed") }
-        base = p
-        windowStart = p
-        host = p
-    }
-
-    /// Makes `size` bytes usable, flush against the leading or the trailing guard page.
-    func open(size: Int, leading: Bool) {
-        let pages = (size + pageSize - 1) / pageSize
-        windowBytes = pages * pageSize
-        if leading {
-            windowStart = base + pageSize
-            host = windowStart
-        } else {
-            windowStart = base + (totalPages - 1 - pages) * pageSize
-            host = windowStart + (windowBytes - size)
-        }
-        self.size = size
-        check(fz_protect_rw(windowStart, windowBytes) == 0, "mprotect")
-        memset(windowStart, 0, windowBytes)
-        slack = windowBytes > size ? (leading ? (host + size, windowBytes - size) : (windowStart, windowBytes - size)) : nil
-        if let (p, n) = slack { fz_poison(p, n) }
-    }
-
-    func close() {
-        if let (p, n) = slack { fz_unpoison(p, n) }
-        slack = nil
-        check(fz_protect_none(windowStart, windowBytes) == 0, "mprotect")
-    }
-}
-
-nonisolated(unsafe) private let areas = [GuardedArea(), GuardedArea()]
-
-/// The harness's own picture of guest memory.
-private struct ModelRegion {
-    var gpa: UInt64
-    var size: UInt64
-    var user: UInt64
-    var host: UnsafeMutableRawPointer
-
-    func contains(_ address: UInt64) -> Bool { address >= gpa && address - gpa < size }
-}
-
-private struct Model {
-    var regions: [ModelRegion]
-
-    /// Host pointer for [address, address + length) if it lies in one region.
-    func host(gpa address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for r in regions where r.contains(address) {
-            return length <= r.size - (address - r.gpa) ? r.host + Int(address - r.gpa) : nil
-        }
-        return nil
-    }
-
-    func host(user address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for r in regions where address >= r.user && address - r.user < r.size {
-            return length <= r.size - (address - r.user) ? r.host + Int(address - r.user) : nil
-        }
-        return nil
-    }
-
-    /// The frontend's userspace address for a guest physical one (garbage outside memory).
-    func user(gpa address: UInt64) -> UInt64 {
-        for r in regions where r.contains(address) { return r.user + (address - r.gpa) }
-        return 0x1000_0000_0000 &+ address
-    }
-
-    /// The host pieces of a guest physical range that may span adjacent regions; nil if any
-    /// byte is outside memory.
-    func pieces(gpa address: UInt64, length: UInt64) -> [(UnsafeMutableRawPointer, Int)]? {
-        let (end, overflow) = address.addingReportingOverflow(length)
-        if overflow { return nil }
-        var result: [(UnsafeMutableRawPointer, Int)] = []
-        var cursor = address
-        while cursor < end {
-            guard let r = regions.first(where: { $0.contains(cursor) }) else { return nil }
-            let pieceEnd = min(end, r.gpa + r.size)
-            result.append((r.host + Int(cursor - r.gpa), Int(pieceEnd - cursor)))
-            cursor = pieceEnd
-        }
-        return result
-    }
-
-    func insideARegion(_ base: UnsafeRawPointer, _ length: Int) -> Bool {
-        regions.contains { r in
-            let start = UnsafeRawPointer(r.host)
-            return base >= start && length >= 0 && base + length <= start + Int(r.size) && length <= Int(r.size)
-        }
-    }
-}
-
 private enum Expected: Equatable {
     case accepted(bytes: UInt64, pieces: [Piece])
     case refused
-}
-
-private struct Piece: Equatable {
-    var base: UnsafeMutableRawPointer
-    var length: Int
 }
 
 /// The harness's own chain walk (virtio 1.x 2.7.5 with tapwire's documented limits: one
@@ -245,15 +119,6 @@ private func checkMemoryHelpers(_ memory: GuestMemoryMap, _ model: Model, _ inpu
     }
 }
 
-private struct Reader {
-    let data: UnsafeRawBufferPointer
-    func u8(_ o: Int) -> UInt8 { o < data.count ? data[o] : 0 }
-    func u16(_ o: Int) -> UInt16 { UInt16(u8(o)) | UInt16(u8(o + 1)) << 8 }
-    func u32(_ o: Int) -> UInt32 { UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 }
-}
-
-private func load16(_ p: UnsafeMutableRawPointer) -> UInt16 { p.loadUnaligned(as: UInt16.self) }
-private func store16(_ p: UnsafeMutableRawPointer, _ v: UInt16) { p.storeBytes(of: v, as: UInt16.self) }
 
 private func run(_ data: UnsafeRawBufferPointer) {
     let input = Reader(data: data)
@@ -279,26 +144,9 @@ private func run(_ data: UnsafeRawBufferPointer) {
     let image = data.count > 32 ? UnsafeRawBufferPointer(rebasing: data[32...]) : UnsafeRawBufferPointer(start: nil, count: 0)
 
     // Guest memory: two regions in two guarded mappings.
-    areas[0].open(size: sizeA, leading: flags & 4 != 0)
-    areas[1].open(size: sizeB, leading: flags & 8 != 0)
-    defer { areas[0].close(); areas[1].close() }
-    let gpaB = UInt64(sizeA) + gap
-    let model = Model(regions: [
-        ModelRegion(gpa: 0, size: UInt64(sizeA), user: 0x7000_0000_0000 + UInt64(areas[0].host - areas[0].base),
-                    host: areas[0].host),
-        ModelRegion(gpa: gpaB, size: UInt64(sizeB), user: 0x6000_0000_0000 + UInt64(areas[1].host - areas[1].base),
-                    host: areas[1].host),
-    ])
-    for r in model.regions where r.gpa < UInt64(image.count) {
-        let n = min(Int(r.size), image.count - Int(r.gpa))
-        r.host.copyMemory(from: image.baseAddress! + Int(r.gpa), byteCount: n)
-    }
-    var described = model.regions.map {
-        MemoryRegion(guestPhysicalAddress: $0.gpa, size: $0.size, userspaceAddress: $0.user, host: $0.host, owner: nil)
-    }
-    if flags & 0x10 != 0 { described.reverse() }
-    let memory: GuestMemoryMap
-    do { memory = try GuestMemoryMap(regions: described) } catch { fail("GuestMemoryMap refused a valid table: \(error)") }
+    let (model, memory) = openGuestMemory(sizeA: sizeA, sizeB: sizeB, gap: gap, leadingA: flags & 4 != 0,
+                                          leadingB: flags & 8 != 0, reversed: flags & 0x10 != 0, image: image)
+    defer { closeGuestMemory() }
 
     checkMemoryHelpers(memory, model, input)
 
@@ -428,14 +276,8 @@ private func run(_ data: UnsafeRawBufferPointer) {
             }
             if undo && popped % 2 == 1 {
                 queue.undoPop()
-                buffers.truncate(to: startCount, totalBytes: startBytes)
-                do {
-                    guard let again = try queue.popChain(into: buffers, writable: writable, maxBytes: maxBytes) else {
-                        fail("pop after undoPop found nothing")
-                    }
-                    check(again == chain, "pop after undoPop differs: \(again) vs \(chain)")
-                    chain = again
-                } catch { fail("pop after undoPop threw \(error)") }
+                chain = popAgain(queue, chain, into: buffers, startCount: startCount, startBytes: startBytes,
+                                 writable: writable, maxBytes: maxBytes)
                 verifyChain(chain)
             }
             // Touch every byte of an accepted chain as the datapath would (guard pages and ASan

@@ -6,6 +6,9 @@
   Fixtures/fuzz/chain/    guest memory images with split rings (format in Tools/fuzz/FuzzChain.swift):
                           direct, indirect, wrapped indices, event idx, buffers across two regions,
                           and hostile chains
+  Fixtures/fuzz/packed/   guest images with packed rings (format in Tools/fuzz/FuzzPackedChain.swift):
+                          chains, indirect tables, wraps of small and odd-sized rings, event
+                          suppression, restarts from GET_VRING_BASE, hostile descriptors
   Fixtures/fuzz/portfilter/  a port-security policy and one Ethernet frame (format in
                           Tools/fuzz/FuzzPortFilter.swift): each kind the classifier tells apart,
                           allowed and spoofed, tagged, with extension headers, GSO-long
@@ -202,7 +205,17 @@ def message_seeds():
 VRING_NEXT, VRING_WRITE, VRING_INDIRECT = 1, 2, 4
 
 
-class Ring:
+class GuestImage:
+    """The guest memory image a virtqueue seed carries after its parameter block."""
+
+    def put(self, gpa, data):
+        end = gpa + len(data)
+        if len(self.image) < end:
+            self.image.extend(b"\0" * (end - len(self.image)))
+        self.image[gpa:end] = data
+
+
+class Ring(GuestImage):
     """A guest image with a split ring, written as a Linux guest driver lays it out."""
 
     def __init__(self, size, size_a=16384, size_b=16384, gap=0, avail_gpa=0x0, desc_gpa=None, used_gpa=None,
@@ -226,12 +239,6 @@ class Ring:
         self.toggle = 0
         self.used_event = None
         self.avail_flags = 0
-
-    def put(self, gpa, data):
-        end = gpa + len(data)
-        if len(self.image) < end:
-            self.image.extend(b"\0" * (end - len(self.image)))
-        self.image[gpa:end] = data
 
     def descriptor(self, table_gpa, index, addr, length, flags, nxt=0):
         self.put(table_gpa + 16 * index, struct.pack("<QIHH", addr, length, flags, nxt))
@@ -431,6 +438,223 @@ def chain_seeds():
     return seeds
 
 
+# ---------------------------------------------------------------- packed rings
+
+P_AVAIL, P_USED = 1 << 7, 1 << 15
+P_REVERSE_RETURNS = 128
+P_RESTART = 0x80  # in the repost byte
+
+
+class PackedRing(GuestImage):
+    """A guest image with a packed ring (format in Tools/fuzz/FuzzPackedChain.swift), written as
+    Linux's virtio_ring does: chains in ring order, the buffer id in each descriptor."""
+
+    def __init__(self, size, size_a=16384, size_b=16384, gap=0, desc_gpa=0x0, driver_gpa=None, device_gpa=None,
+                 avail=(0, 1), used=(0, 1)):
+        self.size = size
+        self.size_a, self.size_b, self.gap = size_a, size_b, gap
+        self.desc = desc_gpa
+        self.driver = driver_gpa if driver_gpa is not None else (desc_gpa + 16 * size + 3) // 4 * 4
+        self.device = device_gpa if device_gpa is not None else self.driver + 4
+        self.image = bytearray()
+        self.avail, self.used = avail, used
+        self.index, self.wrap = avail
+        self.next_id = 0
+        self.flags = 0
+        self.directions = 0
+        self.rounds = 1
+        self.driver_mode = 0
+        self.driver_off_wrap = 0
+        self.max_bytes = 0
+        self.capacity = 64
+        self.repost = 0
+
+    def raw(self, addr, length, ident, flags):
+        """One descriptor at the driver's position, made available with its slot's counter."""
+        bits = P_AVAIL if self.wrap else P_USED
+        self.put(self.desc + 16 * self.index, struct.pack("<QIHH", addr, length, ident, flags | bits))
+        self.index += 1
+        if self.index == self.size:
+            self.index, self.wrap = 0, 1 - self.wrap
+
+    def chain(self, buffers, writable=False, ident=None):
+        ident = self.next_id if ident is None else ident
+        self.next_id += 1
+        for i, (addr, length) in enumerate(buffers):
+            flags = (VRING_NEXT if i < len(buffers) - 1 else 0) | (VRING_WRITE if writable else 0)
+            self.raw(addr, length, ident, flags)
+        return ident
+
+    def indirect(self, table_gpa, buffers, writable=False):
+        for i, (addr, length) in enumerate(buffers):
+            self.put(table_gpa + 16 * i, struct.pack("<QIHH", addr, length, 0, VRING_WRITE if writable else 0))
+        ident = self.next_id
+        self.next_id += 1
+        self.raw(table_gpa, 16 * len(buffers), ident, VRING_INDIRECT)
+        return ident
+
+    def encode(self):
+        def pos(p):
+            return p[0] | (p[1] << 15)
+        size_word = self.size - 1 if self.size <= 64 else 0xF000 + (self.size - 1)
+        assert (1 + size_word % (2048 if size_word >= 0xF000 else 64)) == self.size
+        header = struct.pack("<HBBHHHIIIIBHBH", size_word, self.flags,
+                             self.directions | ((self.rounds - 1) << 4) | (self.driver_mode << 6),
+                             self.size_a // 8 - 1, self.size_b // 8 - 1, self.gap // 8, self.desc, self.driver,
+                             self.device, pos(self.avail) | (pos(self.used) << 16), self.max_bytes, self.capacity - 1,
+                             self.repost, self.driver_off_wrap)
+        assert len(header) == 32, len(header)
+        return header + bytes(self.image)
+
+
+def packed_seeds():
+    seeds = {}
+    B0 = 16384
+
+    r = PackedRing(8)
+    r.chain([(0x2000, 72)])
+    seeds["tx-one-descriptor"] = r
+
+    r = PackedRing(16)
+    r.chain([(0x2000, 12), (0x2100, 1514)])
+    r.chain([(0x2800, 12), (0x2900, 100), (B0 + 0x100, 900)])
+    r.chain([(B0 + 0x800, 74)])
+    seeds["tx-header-and-data-chains"] = r
+
+    r = PackedRing(64)
+    for i in range(8):
+        r.chain([(0x2000 + 0x600 * i % 0x1800, 1526)], writable=True)
+    r.directions, r.flags = 0b1, ACCUMULATE
+    seeds["rx-batch"] = r
+
+    r = PackedRing(16)
+    r.indirect(0x400, [(0x2000, 12), (0x2100, 1000)])
+    r.flags = INDIRECT
+    seeds["tx-indirect"] = r
+
+    r = PackedRing(16)
+    r.indirect(0x400, [(0x2000 + 0x100 * i, 0x100) for i in range(16)], writable=True)
+    r.flags, r.directions = INDIRECT, 1
+    seeds["rx-indirect-big"] = r
+
+    r = PackedRing(5, avail=(3, 0), used=(3, 0))
+    r.chain([(0x2000, 64), (0x2100, 64)])
+    r.chain([(0x2000, 64), (0x2100, 64)])
+    r.chain([(0x2200, 64)])
+    r.rounds, r.repost = 3, 5
+    seeds["wrap-size-5-three-rounds"] = r
+
+    r = PackedRing(7, avail=(6, 1), used=(6, 1))
+    for _ in range(4):
+        r.chain([(0x2000, 64)])
+    r.rounds, r.repost = 4, 0x80 | 3
+    seeds["wrapped-restart-each-round"] = r
+
+    r = PackedRing(8)
+    for _ in range(4):
+        r.chain([(0x2000, 64)])
+    r.flags = EVENT_IDX
+    r.driver_mode, r.driver_off_wrap = 2, 2 | (1 << 15)
+    r.rounds, r.repost = 2, 4
+    seeds["event-idx-driver-desc"] = r
+
+    r = PackedRing(8)
+    r.chain([(0x2000, 64)])
+    r.driver_mode = 1
+    seeds["driver-events-disabled"] = r
+
+    r = PackedRing(8)
+    r.chain([(0x2000, 64)])
+    r.driver_mode = 3
+    seeds["driver-events-reserved-mode"] = r
+
+    r = PackedRing(16)
+    for _ in range(6):
+        r.chain([(0x2000, 64), (0x2100, 64)], writable=True)
+    r.directions, r.flags = 1, REVERSED | P_REVERSE_RETURNS | UNDO
+    seeds["rx-out-of-order-undo"] = r
+
+    r = PackedRing(256, size_a=32768)
+    for i in range(32):
+        r.chain([(0x5000 + 0x40 * i, 0x40)])
+    seeds["queue-256"] = r
+
+    r = PackedRing(2048, size_a=32768, size_b=32768)
+    r.chain([(B0 * 2 + 0x100, 100)])
+    seeds["queue-2048"] = r
+
+    r = PackedRing(16, gap=4096)
+    r.chain([(B0 - 0x80, 0x100)])
+    seeds["hostile-buffer-in-gap"] = r
+
+    r = PackedRing(16)
+    r.chain([(B0 - 0x80, 0x100)])
+    seeds["buffer-across-regions"] = r
+
+    r = PackedRing(4)
+    for _ in range(4):
+        r.raw(0x2000, 8, 0, VRING_NEXT)
+    seeds["hostile-chain-longer-than-ring"] = r
+
+    r = PackedRing(8)
+    r.raw(0x2000, 8, 0, VRING_NEXT)
+    seeds["hostile-incomplete-chain"] = r
+
+    r = PackedRing(8)
+    r.raw(0x2000, 8, 99, 0)
+    seeds["hostile-id-out-of-range"] = r
+
+    r = PackedRing(8)
+    r.chain([(0x2000, 8)], ident=1)
+    r.chain([(0x2100, 8)], ident=1)
+    seeds["hostile-id-in-use"] = r
+
+    r = PackedRing(8)
+    r.raw(0x400, 0, 0, VRING_INDIRECT)
+    r.raw(0x400, 24, 1, VRING_INDIRECT)
+    r.raw(0x1 << 30, 32, 2, VRING_INDIRECT)
+    r.put(0x480, struct.pack("<QIHH", 0x400, 16, 0, VRING_INDIRECT))
+    r.raw(0x480, 16, 3, VRING_INDIRECT)
+    r.raw(0x400, 16, 4, VRING_INDIRECT | VRING_NEXT)
+    r.raw(0x2000, 8, 4, 0)
+    r.flags = INDIRECT
+    seeds["hostile-indirect"] = r
+
+    r = PackedRing(8)
+    r.raw(0x2000, 8, 0, VRING_NEXT)
+    r.raw(0x400, 16, 0, VRING_INDIRECT)
+    r.flags = INDIRECT
+    seeds["hostile-indirect-in-chain"] = r
+
+    r = PackedRing(8)
+    r.raw(0x2000, 8, 0, VRING_NEXT | VRING_WRITE)
+    r.raw(0x2100, 8, 0, 0)
+    r.raw(0x2200, 8, 1, 0)
+    r.directions = 1
+    seeds["hostile-directions"] = r
+
+    r = PackedRing(8)
+    r.raw(0x1 << 40, 8, 0, 0)
+    r.raw(0xFFFF_FFFF_FFFF_FFF0, 0x100, 1, 0)
+    r.raw(0, 0xFFFF_FFFF, 2, 0)
+    r.max_bytes = 1
+    seeds["hostile-buffers"] = r
+
+    r = PackedRing(8, avail=(5, 1), used=(1, 1))
+    r.chain([(0x2000, 8), (0x2100, 8), (0x2200, 8), (0x2300, 8), (0x2400, 8)])
+    seeds["hostile-chain-into-held-slots"] = r
+
+    r = PackedRing(8, desc_gpa=0x8, driver_gpa=0x202, device_gpa=0x206)
+    seeds["hostile-misaligned-rings"] = r
+
+    r = PackedRing(8, device_gpa=0x10)
+    r.chain([(0x2000, 8)], writable=True)
+    r.directions = 1
+    seeds["hostile-device-area-on-ring"] = r
+
+    return seeds
+
+
 # ---------------------------------------------------------------- port-security frames
 
 PF_MAC = bytes.fromhex("525400123456")
@@ -531,6 +755,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(root, "Fixtures", "fuzz"))
     args = parser.parse_args()
     for target, seeds in (("message", message_seeds()), ("chain", {k: v.encode() for k, v in chain_seeds().items()}),
+                          ("packed", {k: v.encode() for k, v in packed_seeds().items()}),
                           ("portfilter", portfilter_seeds())):
         directory = os.path.join(args.out, target)
         os.makedirs(directory, exist_ok=True)

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Builds and runs tapwire's libFuzzer targets.
 #
-# Usage: Tools/fuzz/run.sh [--seconds N] [--target message|chain|portfilter|all] [--parallel] [--merge]
+# Usage: Tools/fuzz/run.sh [--seconds N] [--target message|chain|packed|portfilter|all] [--parallel] [--merge]
 #                          [--no-coverage] [--build-only] [--repro FILE] [-- extra libFuzzer flags]
 #   --seconds N   run each target for N seconds (default 60)
-#   --target T    message (vhost-user message stream), chain (virtqueue descriptor chains),
-#                 portfilter (port security's frame classifier), all
+#   --target T    message (vhost-user message stream), chain (split virtqueue descriptor chains),
+#                 packed (packed virtqueue descriptor chains), portfilter (port security's frame
+#                 classifier), all
 #   --parallel    run the targets at the same time (one core each) instead of one after the other
 #   --merge       afterwards, add the run's inputs that reach new edges to Fixtures/fuzz/<target>/
 #                 (libFuzzer -merge=1 -use_counters=0, inputs cut to 4 KiB; warns past 60 files).
 #                 Without it nothing is written to Fixtures: the run works on a copy of the corpus
-#   --build-only  just build .build-fuzz/fuzz-message, fuzz-chain and fuzz-portfilter
+#   --build-only  just build .build-fuzz/fuzz-message, fuzz-chain, fuzz-packed and fuzz-portfilter
 #   --no-coverage skip the line-coverage report (a second, coverage-instrumented build that
 #                 replays the final corpus; llvm-cov's line/region figures per source file)
 #   --repro FILE  run the built target once on FILE (a crash file) and show the report
@@ -60,8 +61,8 @@ while (($#)); do
     esac
     shift
 done
-case $target in message|chain|portfilter) targets=("$target") ;; all) targets=(message chain portfilter) ;;
-    *) echo "fuzz: --target must be message, chain, portfilter or all" >&2; exit 2 ;; esac
+case $target in message|chain|packed|portfilter) targets=("$target") ;; all) targets=(message chain packed portfilter) ;;
+    *) echo "fuzz: --target must be message, chain, packed, portfilter or all" >&2; exit 2 ;; esac
 
 log() { printf 'fuzz: %s\n' "$*" >&2; }
 die() { printf 'fuzz: error: %s\n' "$*" >&2; exit 1; }
@@ -69,7 +70,7 @@ die() { printf 'fuzz: error: %s\n' "$*" >&2; exit 1; }
 # ------------------------------------------------------------------ build
 
 # portfilter: a policy record (at most 60 bytes) and a frame somewhat past PortFilter.inspectedBytes.
-max_len() { case $1 in message) echo 8192 ;; chain) echo 12288 ;; portfilter) echo 512 ;; esac; }
+max_len() { case $1 in message) echo 8192 ;; chain|packed) echo 12288 ;; portfilter) echo 512 ;; esac; }
 
 
 # Runs a compiler, leaving out gold's noise about ASan's local helper symbols.
@@ -95,7 +96,7 @@ build() {
         Sources/SystemCalls/*.swift Sources/GuestMemory/*.swift Sources/Virtqueue/*.swift Sources/VhostUser/*.swift \
         Sources/PortSecurity/*.swift \
         Tools/fuzz/*.swift Tools/fuzz/support/* Tools/fuzz/modules/CTapwire/*; } | sha256sum | cut -c1-16)
-    if [[ -f $stamp && $(cat "$stamp") == "$inputs" && -x $dir/fuzz-message && -x $dir/fuzz-chain && -x $dir/fuzz-portfilter ]]; then
+    if [[ -f $stamp && $(cat "$stamp") == "$inputs" && -x $dir/fuzz-message && -x $dir/fuzz-chain && -x $dir/fuzz-packed && -x $dir/fuzz-portfilter ]]; then
         log "$variant build is up to date ($dir)"
         return
     fi
@@ -114,12 +115,15 @@ build() {
     done
     quiet "$SWIFTC" "${common[@]}" -I Tools/fuzz/support -module-name FuzzMessage Tools/fuzz/FuzzMessage.swift \
         "$dir/obj/VhostUser.o" "$dir/obj/SystemCalls.o" "$dir/obj/GuestMemory.o" "$dir/obj/CTapwire.o" "$dir/obj/FuzzSupport.o" -o "$dir/fuzz-message"
-    quiet "$SWIFTC" "${common[@]}" -I Tools/fuzz/support -module-name FuzzChain Tools/fuzz/FuzzChain.swift \
+    # The two virtqueue harnesses share FuzzGuestMemory.swift (guarded regions and their model).
+    quiet "$SWIFTC" "${common[@]}" -I Tools/fuzz/support -module-name FuzzChain Tools/fuzz/FuzzChain.swift Tools/fuzz/FuzzGuestMemory.swift \
         "$dir/obj/Virtqueue.o" "$dir/obj/GuestMemory.o" "$dir/obj/CTapwire.o" "$dir/obj/FuzzSupport.o" -o "$dir/fuzz-chain"
+    quiet "$SWIFTC" "${common[@]}" -I Tools/fuzz/support -module-name FuzzPackedChain Tools/fuzz/FuzzPackedChain.swift Tools/fuzz/FuzzGuestMemory.swift \
+        "$dir/obj/Virtqueue.o" "$dir/obj/GuestMemory.o" "$dir/obj/CTapwire.o" "$dir/obj/FuzzSupport.o" -o "$dir/fuzz-packed"
     quiet "$SWIFTC" "${common[@]}" -I Tools/fuzz/support -module-name FuzzPortFilter Tools/fuzz/FuzzPortFilter.swift \
         "$dir/obj/PortSecurity.o" "$dir/obj/FuzzSupport.o" -o "$dir/fuzz-portfilter"
     echo "$inputs" >"$stamp"
-    log "built $variant fuzz-message, fuzz-chain and fuzz-portfilter in $((SECONDS - t0))s"
+    log "built $variant fuzz-message, fuzz-chain, fuzz-packed and fuzz-portfilter in $((SECONDS - t0))s"
 }
 
 # coverage TARGET CORPUS: line coverage of the Sources/ files the target exercises, over CORPUS.
@@ -128,6 +132,7 @@ coverage() {
     case $t in
         message) sources=(Sources/VhostUser/Message.swift Sources/VhostUser/Connection.swift Sources/SystemCalls/Sockets.swift) ;;
         chain) sources=(Sources/Virtqueue/SplitQueue.swift Sources/Virtqueue/IOVectorBuffer.swift Sources/GuestMemory/GuestMemoryMap.swift) ;;
+        packed) sources=(Sources/Virtqueue/PackedQueue.swift Sources/Virtqueue/Layout.swift Sources/GuestMemory/GuestMemoryMap.swift) ;;
         portfilter) sources=(Sources/PortSecurity/PortFilter.swift Sources/PortSecurity/PortPolicy.swift) ;;
     esac
     local tools; tools=$(dirname "$(readlink -f "$(command -v "$SWIFTC")")") # the toolchain's llvm-cov, not Debian's
@@ -147,7 +152,7 @@ export SWIFT_BACKTRACE=enable=no # else Swift's backtracer hangs instead of lett
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:allocator_may_return_null=1:handle_abort=1:quarantine_size_mb=64}
 
 if [[ -n $repro ]]; then
-    t=$target; [[ $t == all ]] && die "--repro needs --target message|chain|portfilter"
+    t=$target; [[ $t == all ]] && die "--repro needs --target message|chain|packed|portfilter"
     "$OUT/fuzz-$t" -runs=1 "$repro"
     exit $?
 fi

@@ -273,6 +273,21 @@ typedef struct {
     uint32_t len;
 } tw_vring_used_elem;
 
+/// Packed-ring descriptor (VIRTIO_F_RING_PACKED), as the driver makes it available and the
+/// device writes it back used.
+typedef struct {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t id;
+    uint16_t flags;
+} tw_vring_packed_desc;
+
+/// Packed-ring event suppression area (the driver's and the device's have this one layout).
+typedef struct {
+    uint16_t off_wrap;
+    uint16_t flags;
+} tw_vring_packed_event;
+
 /// virtio-net header with num_buffers (VERSION_1 or MRG_RXBUF layout, 12 bytes).
 typedef struct {
     uint8_t flags;
@@ -291,6 +306,10 @@ _Static_assert(sizeof(tw_vu_vring_addr) == 40, "vring addr is 40 bytes");
 _Static_assert(sizeof(tw_vu_config_header) == 12, "config header is 12 bytes");
 _Static_assert(sizeof(tw_vring_desc) == 16, "descriptor is 16 bytes");
 _Static_assert(sizeof(tw_vring_used_elem) == 8, "used element is 8 bytes");
+_Static_assert(sizeof(tw_vring_packed_desc) == 16, "packed descriptor is 16 bytes");
+_Static_assert(offsetof(tw_vring_packed_desc, id) == 12, "packed descriptor id at 12");
+_Static_assert(offsetof(tw_vring_packed_desc, flags) == 14, "packed descriptor flags at 14");
+_Static_assert(sizeof(tw_vring_packed_event) == 4, "packed event suppression area is 4 bytes");
 _Static_assert(sizeof(tw_virtio_net_hdr) == 12, "virtio-net header is 12 bytes");
 _Static_assert(offsetof(tw_virtio_net_hdr, num_buffers) == 10, "num_buffers at 10");
 _Static_assert(offsetof(tw_vu_vring_addr, descriptor) == 8, "descriptor address at 8");
