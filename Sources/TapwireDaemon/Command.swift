@@ -12,7 +12,7 @@ import PortSecurity
 /// QEMU's vhost-user spec: --socket-path, --fd, --print-capabilities, no daemonizing.
 public struct TapwireCommand: ParsableCommand {
     /// `--sched-slice-us`: the default, chosen with Tools/latency-guest.sh (a wake-up no
-    /// longer waits behind a TCG vCPU's 3 ms slice), and the range the kernel accepts.
+    /// longer waits behind a TCG vCPU's 1.4 ms slice), and the range the kernel accepts.
     static let defaultSchedulerSliceMicroseconds = 100
     static let schedulerSliceRange = 100...100_000
     public static let configuration = CommandConfiguration(
