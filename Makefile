@@ -31,7 +31,7 @@ test: deps
 	@# veths and frames the TAP tests make never meet the host's interfaces.
 	@# --no-parallel: some tests compare the process's descriptor count before and after.
 	TAPWIRE_TEST_NETNS=1 unshare --net -- sh -c 'ip link set lo up && exec $(SWIFT) test --skip-build --no-parallel' 2>&1 | tee .build/test-output.txt; test $${PIPESTATUS[0]} -eq 0
-	@echo "== fuzz smoke: the message codec, the descriptor-chain walker and the port-security classifier, 60 s each"
+	@echo "== fuzz smoke: the message codec, the split and packed descriptor-chain walkers and the port-security classifier, 60 s each"
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@echo "== the suites under AddressSanitizer and ThreadSanitizer"
 	@$(MAKE) --no-print-directory sanitizers
