@@ -4,7 +4,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 RELEASE_BIN := .build/release/tapwire
 
-.PHONY: all deps build release test unit e2e matrix demo deb fuzz fuzz-smoke sanitizers soak bench bench-alloc clean
+.PHONY: all deps build release test suites unit e2e matrix demo deb fuzz fuzz-smoke sanitizers soak bench bench-alloc clean
 FUZZ_SECONDS ?= 600
 
 all: build
@@ -15,43 +15,46 @@ deps:
 build: deps
 	$(SWIFT) build
 
+# Built the way the Debian package ships them (Swift runtime linked in), so the checks run
+# the very binaries `make deb` packages and the package needs no build of its own.
 release: deps
-	$(SWIFT) build -c release --product tapwire
-	$(SWIFT) build -c release --product tapwirectl
-	$(SWIFT) build -c release --product tapwire-perf
+	@Tools/build-release.sh
 
 # Everything: unit, protocol and real-TAP suites (Swift Testing), fuzz smoke, sanitizers, the
 # allocation check, then every frontend users run against tapwire (real QEMU 7.2 and 10 guests,
 # libvirt, DPDK, live migration), the operator and sandbox checks, restart survival, rate
 # limits, and the Debian package installed, used and purged.
 test: deps
-	@echo "== unit, protocol and TAP tests"
+	@Tools/stage.sh --reset
+	@Tools/stage.sh "unit, protocol and TAP tests" $(MAKE) --no-print-directory suites
+	@Tools/stage.sh "fuzz smoke: the message codec, the split and packed descriptor-chain walkers and the port-security classifier, 60 s each" \
+		$(MAKE) --no-print-directory fuzz-smoke
+	@Tools/stage.sh "the suites under AddressSanitizer and ThreadSanitizer" $(MAKE) --no-print-directory sanitizers
+	@Tools/stage.sh "no allocation on the packet path (malloc counts per frame, steady state)" \
+		$(MAKE) --no-print-directory bench-alloc
+	@Tools/stage.sh "the release binaries, as the package ships them" $(MAKE) --no-print-directory release
+	@Tools/stage.sh "the frontend matrix: QEMU 7.2 and 10.0 guests, multiqueue and hot-plug, libvirt 11.3, DPDK virtio-user, live migration, tenant isolation" \
+		Tools/frontend-matrix.sh --tapwire $(RELEASE_BIN) --markdown .build/tested-with.md
+	@Tools/stage.sh "operator checks: CapEff, tapwirectl, API errors, unprivileged run" Tools/control-check.sh
+	@Tools/stage.sh "the sandbox: seccomp, no_new_privs, limits; the fuzz corpus replayed into the real binary" \
+		Tools/seccomp-check.sh
+	@Tools/stage.sh "restart survival: SIGKILL/SIGTERM under a running guest, new QEMU, client mode" \
+		Tools/reconnect-check.sh --tapwire $(RELEASE_BIN)
+	@Tools/stage.sh "rate limits on a real TAP: 10 Mbit/s, 200 Mbit/s, 2 Gbit/s within 3%, no frame lost" \
+		Tools/ratelimit-check.sh --no-cost
+	@Tools/stage.sh "rate limits with a real guest" Tools/ratelimit-guest.sh --tapwire $(RELEASE_BIN) --time 6
+	@Tools/stage.sh "the Debian package: lintian, install, units, socket activation and real guests through /usr/bin/tapwire, purge" \
+		Tools/package-check.sh
+	@echo "== make test passed; minutes per stage:"
+	@Tools/stage.sh --summary
+
+# The Swift suites (unit, protocol, real TAP) in a private network namespace (loopback up:
+# Foundation needs it), so the bridges, veths and frames the TAP tests make never meet the
+# host's interfaces. --no-parallel: some tests compare the process's descriptor count before
+# and after.
+suites: deps
 	$(SWIFT) build --build-tests
-	@# In a private network namespace (loopback up: Foundation needs it), so the bridges,
-	@# veths and frames the TAP tests make never meet the host's interfaces.
-	@# --no-parallel: some tests compare the process's descriptor count before and after.
 	TAPWIRE_TEST_NETNS=1 unshare --net -- sh -c 'ip link set lo up && exec $(SWIFT) test --skip-build --no-parallel' 2>&1 | tee .build/test-output.txt; test $${PIPESTATUS[0]} -eq 0
-	@echo "== fuzz smoke: the message codec, the split and packed descriptor-chain walkers and the port-security classifier, 60 s each"
-	@$(MAKE) --no-print-directory fuzz-smoke
-	@echo "== the suites under AddressSanitizer and ThreadSanitizer"
-	@$(MAKE) --no-print-directory sanitizers
-	@echo "== no allocation on the packet path (malloc counts per frame, steady state)"
-	@$(MAKE) --no-print-directory bench-alloc
-	@$(MAKE) --no-print-directory release
-	@echo "== the frontend matrix: QEMU 7.2 and 10.0 guests, multiqueue and hot-plug, libvirt 11.3, DPDK virtio-user, live migration, tenant isolation"
-	Tools/frontend-matrix.sh --tapwire $(RELEASE_BIN) --markdown .build/tested-with.md
-	@echo "== operator checks: CapEff, tapwirectl, API errors, unprivileged run"
-	Tools/control-check.sh
-	@echo "== the sandbox: seccomp, no_new_privs, limits; the fuzz corpus replayed into the real binary"
-	Tools/seccomp-check.sh
-	@echo "== restart survival: SIGKILL/SIGTERM under a running guest, new QEMU, client mode"
-	Tools/reconnect-check.sh --tapwire $(RELEASE_BIN)
-	@echo "== rate limits on a real TAP: 10 Mbit/s, 200 Mbit/s, 2 Gbit/s within 3%, no frame lost"
-	Tools/ratelimit-check.sh --no-cost
-	@echo "== rate limits with a real guest"
-	Tools/ratelimit-guest.sh --tapwire $(RELEASE_BIN) --time 6
-	@echo "== the Debian package: lintian, install, units, socket activation and real guests through /usr/bin/tapwire, purge"
-	Tools/package-check.sh
 
 unit: deps
 	$(SWIFT) test
@@ -67,8 +70,8 @@ matrix: release
 demo: release
 	@Tools/demo.sh $(RELEASE_BIN)
 
-# The Debian package (.build-pkg/deb/tapwire_VERSION_amd64.deb): the binaries with the Swift
-# runtime linked in, man pages, completions, systemd units, QEMU's vhost-user descriptor.
+# The Debian package (.build-pkg/deb/tapwire_VERSION_amd64.deb): `make release`'s binaries (the Swift
+# runtime linked in), man pages, completions, systemd units, QEMU's vhost-user descriptor.
 deb: deps
 	Tools/packaging/build-deb.sh
 

@@ -50,12 +50,12 @@ add_row() {
 # e2e_row LABEL VERSION CHECKED E2E-ARGS...: one real-guest e2e run as a row.
 e2e_row() {
     local label=$1 version=$2 checked=$3; shift 3
-    local json result
+    local json result start=$SECONDS
     json=$(mktemp)
     if "$TW_REPO_ROOT/Tools/e2e.sh" --backend tapwire --tapwire "$TAPWIRE" --json "$@" >"$json"; then result=PASS; else result=FAIL; fi
     local figures
     figures=$(jq -r '"h2g \(.iperf3_host_to_guest.gbps) Gbit/s, g2h \(.iperf3_guest_to_host.gbps) Gbit/s, ping \(.ping_host_to_guest_ms.min) ms"' "$json" 2>/dev/null || echo "no results")
-    tw_log "$label: $result ($figures)"
+    tw_log "$label: $result ($figures) in $((SECONDS - start)) s"
     add_row "$label" "$version" "$checked" "$result ($figures)"
     rm -f "$json"
 }
@@ -64,9 +64,10 @@ e2e_row() {
 # is shown as it runs); a script that fails without printing any row is one FAIL row.
 script_rows() {
     local label=$1 version=$2; shift 2
-    local out rc=0 line before=${#rows[@]}
+    local out rc=0 line before=${#rows[@]} start=$SECONDS
     out=$(mktemp)
     "$@" 2>&1 | tee "$out" >&2 || rc=$?
+    tw_log "$label: $(basename "$1") took $((SECONDS - start)) s"
     while IFS= read -r line; do
         local field checked="" result qemu
         field() { sed -n "s/.* $1=\"\([^\"]*\)\".*/\1/p; t; s/.* $1=\([^ ]*\).*/\1/p" <<<"$line"; }

@@ -3,15 +3,15 @@
 #
 # Usage: Tools/packaging/build-deb.sh [--out DIR] [--no-build]
 #   --out DIR    where the .deb goes (default .build-pkg/deb under the repo root)
-#   --no-build   package what .build-pkg already holds (binaries and manual pages)
+#   --no-build   package what is already built (.build/release and .build-pkg/manual)
 # Prints the .deb's path on stdout (progress goes to stderr).
 #
-# The binaries are `swift build -c release --static-swift-stdlib` (the Swift runtime, standard
-# library and Foundation linked in), so the package depends only on Debian libraries
-# (Depends from dpkg-shlibdeps). The manual pages come from swift-argument-parser's
+# The binaries are `make release`'s (Tools/build-release.sh: --static-swift-stdlib, the Swift
+# runtime, standard library and Foundation linked in), so the package depends only on Debian
+# libraries (Depends from dpkg-shlibdeps) and ships the binaries every check ran. The manual pages come from swift-argument-parser's
 # generate-manual (the tool of its generate-manual plugin), the completions from
 # --generate-completion-script, the version from
-# `tapwire --version`. Everything builds in the scratch path .build-pkg.
+# `tapwire --version`. Manual pages, staging and the .deb go to .build-pkg.
 # Environment: TAPWIRE_MAINTAINER "Name <email>" for the Maintainer field; SOURCE_DATE_EPOCH
 # for the changelog date and the files' times (default: the last commit's time).
 set -euo pipefail
@@ -40,7 +40,7 @@ SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$TW_REPO_ROOT" log -1 --format=
 export SOURCE_DATE_EPOCH
 MAINTAINER=${TAPWIRE_MAINTAINER:-"tapwire maintainers <$(git -C "$TW_REPO_ROOT" log -1 --format=%ae 2>/dev/null || echo root@localhost)>"}
 PRODUCTS=(tapwire tapwirectl tapwire-perf)
-BIN=$SCRATCH/release
+BIN=$TW_REPO_ROOT/.build/release
 MAN_OUT=$SCRATCH/manual
 
 # swift_retry CMD...: other people edit the tree while it builds; SwiftPM then stops with
@@ -59,20 +59,16 @@ swift_retry() {
 }
 
 if ((BUILD)); then
-    # Linked with -z now (full RELRO, lintian: hardening-no-bindnow) and without SwiftPM's
-    # $ORIGIN rpath; the toolchain's rpath the driver still adds is removed when staging.
-    tw_log "binaries: swift build -c release --static-swift-stdlib --scratch-path $SCRATCH (several minutes)"
-    swift_retry swift build -c release --static-swift-stdlib --disable-local-rpath \
-        -Xlinker -z -Xlinker now --scratch-path "$SCRATCH" ||
-        tw_die "swift build failed"
+    tw_log "binaries: Tools/build-release.sh (several minutes unless make release ran)"
+    "$TW_REPO_ROOT/Tools/build-release.sh" || tw_die "the release build failed"
     # Manual pages: swift-argument-parser's generate-manual, the tool its generate-manual
     # plugin runs (`swift package generate-manual`), run here on the binaries just built:
-    # the plugin itself first rebuilds every product without --static-swift-stdlib in the
-    # same scratch path, which would cost a second full build and replace these binaries.
+    # the plugin itself first rebuilds every product without --static-swift-stdlib,
+    # which would cost a second full build and replace these binaries.
     tw_log "manual pages: swift-argument-parser's generate-manual"
-    swift_retry swift build --product generate-manual --scratch-path "$SCRATCH" ||
+    swift_retry swift build --product generate-manual ||
         tw_die "building generate-manual failed"
-    GENERATE_MANUAL=$(swift build --product generate-manual --scratch-path "$SCRATCH" --show-bin-path)/generate-manual
+    GENERATE_MANUAL=$(cd "$TW_REPO_ROOT" && swift build --product generate-manual --show-bin-path)/generate-manual
     rm -rf "$MAN_OUT"
     for p in "${PRODUCTS[@]}"; do
         mkdir -p "$MAN_OUT/$p"
